@@ -522,8 +522,20 @@ class HostInterfaceSpec(K8sModel):
         return [] if value is None else value
 
 
+class RouteSyncStatus(K8sModel):
+    """The result of this node's last route reconcile for one network (agent-written)."""
+
+    network: str
+    status: Literal["Success", "Failed", "WaitForRoutes"]
+    message: str = ""
+    cidr_generation: int | None = Field(default=None, alias="cidrGeneration")
+    """``metadata.generation`` of the CIDR object the routes were computed from."""
+    last_sync_time: str | None = Field(default=None, alias="lastSyncTime")
+
+
 class HostInterfaceStatus(K8sModel):
     conditions: list[Condition] = Field(default_factory=list)
+    routes: list[RouteSyncStatus] = Field(default_factory=list)
     last_discovery_time: str | None = Field(default=None, alias="lastDiscoveryTime")
 
 
