@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: requirements-dev.txt $(wildcard packages/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements-dev.txt tox ruff mypy types-PyYAML
+	$(BIN)/pip install -q -r requirements-dev.txt tox ruff mypy types-PyYAML import-linter
 	touch $@
 
 venv: $(BIN)/.installed
