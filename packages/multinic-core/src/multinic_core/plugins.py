@@ -51,6 +51,7 @@ KNOWN_DISTRIBUTIONS: dict[tuple[str, str], str] = {
     (MAIN_PLUGINS, "macvlan"): "multinic-macvlan",
     (MAIN_PLUGINS, "sriov"): "multinic-sriov",
     (MAIN_PLUGINS, "host-device"): "multinic-sriov",
+    (MAIN_PLUGINS, "mellanox"): "multinic-sriov",
     (IPAM, "multi-nic-ipam"): "multinic-ipam",
     (IPAM, "multi-config"): "multinic-ipam",
     (IPAM, "host-device-ipam"): "multinic-ipam",
