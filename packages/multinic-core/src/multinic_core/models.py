@@ -17,6 +17,7 @@ import netaddr
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -95,6 +96,15 @@ def _check_ifname(value: str) -> str:
         )
     return value
 
+
+def _none_as_empty(value: Any) -> Any:
+    # Go's encoding/json writes a nil slice as null; the predecessor's objects have them.
+    return [] if value is None else value
+
+
+T = TypeVar("T")
+# A list that also accepts null (as an empty list).
+NullableList = Annotated[list[T], BeforeValidator(_none_as_empty)]
 
 Cidr = Annotated[str, AfterValidator(_check_cidr)]
 OptionalCidr = Annotated[str, AfterValidator(_check_optional_cidr)]
@@ -259,7 +269,7 @@ class MultiNicIpamConfig(IpamConfig):
     host_block: int = Field(alias="hostBlock", ge=0, le=64)
     interface_block: int = Field(alias="interfaceBlock", ge=0, le=32)
     vlan_mode: str = Field(default="l2", alias="vlanMode")
-    exclude_cidrs: list[Cidr] = Field(default_factory=list, alias="excludeCIDRs")
+    exclude_cidrs: NullableList[Cidr] = Field(default_factory=list, alias="excludeCIDRs")
     routes: list[IpamRoute] = Field(default_factory=list)
     dns: DNS | None = None
 
@@ -269,11 +279,6 @@ class MultiNicIpamConfig(IpamConfig):
         if value not in VLAN_MODES:
             raise ValueError(f"vlanMode {value!r} is not one of {', '.join(VLAN_MODES)}")
         return value
-
-    @field_validator("exclude_cidrs", mode="before")
-    @classmethod
-    def _null_excludes(cls, value: Any) -> Any:
-        return [] if value is None else value
 
 
 def parse_ipam(raw: str) -> IpamConfig:
@@ -393,16 +398,11 @@ class PluginConfig(K8sModel):
     name: str
     type: str
     subnet: str = ""
-    master_nets: list[str] = Field(default_factory=list, alias="masterNets")
+    master_nets: NullableList[str] = Field(default_factory=list, alias="masterNets")
     host_block: int = Field(alias="hostBlock")
     interface_block: int = Field(alias="interfaceBlock")
-    exclude_cidrs: list[str] = Field(default_factory=list, alias="excludeCIDRs")
+    exclude_cidrs: NullableList[str] = Field(default_factory=list, alias="excludeCIDRs")
     vlan_mode: str = Field(default="", alias="vlanMode")
-
-    @field_validator("master_nets", "exclude_cidrs", mode="before")
-    @classmethod
-    def _null_list(cls, value: Any) -> Any:
-        return [] if value is None else value
 
 
 class HostInterfaceInfo(K8sModel):
@@ -420,22 +420,12 @@ class CIDREntry(K8sModel):
     net_address: str = Field(alias="netAddress")
     interface_index: int = Field(alias="interfaceIndex")
     vlan_cidr: str = Field(alias="vlanCIDR")
-    hosts: list[HostInterfaceInfo] = Field(default_factory=list)
-
-    @field_validator("hosts", mode="before")
-    @classmethod
-    def _null_hosts(cls, value: Any) -> Any:
-        return [] if value is None else value
+    hosts: NullableList[HostInterfaceInfo] = Field(default_factory=list)
 
 
 class CIDRSpec(K8sModel):
     config: PluginConfig
-    cidr: list[CIDREntry] = Field(default_factory=list)
-
-    @field_validator("cidr", mode="before")
-    @classmethod
-    def _null_cidr(cls, value: Any) -> Any:
-        return [] if value is None else value
+    cidr: NullableList[CIDREntry] = Field(default_factory=list)
 
 
 class CIDRStatus(K8sModel):
@@ -472,13 +462,8 @@ class IPPoolSpec(K8sModel):
     net_attach_def: str = Field(alias="netAttachDef")
     host_name: str = Field(alias="hostName")
     interface_name: str = Field(alias="interfaceName")
-    excludes: list[Cidr] = Field(default_factory=list)
-    allocations: list[Allocation] = Field(default_factory=list)
-
-    @field_validator("excludes", "allocations", mode="before")
-    @classmethod
-    def _null_list(cls, value: Any) -> Any:
-        return [] if value is None else value
+    excludes: NullableList[Cidr] = Field(default_factory=list)
+    allocations: NullableList[Allocation] = Field(default_factory=list)
 
 
 class IPPool(Resource):
@@ -514,12 +499,7 @@ class InterfaceInfo(K8sModel):
 
 class HostInterfaceSpec(K8sModel):
     host_name: str = Field(alias="hostName")
-    interfaces: list[InterfaceInfo] = Field(default_factory=list)
-
-    @field_validator("interfaces", mode="before")
-    @classmethod
-    def _null_interfaces(cls, value: Any) -> Any:
-        return [] if value is None else value
+    interfaces: NullableList[InterfaceInfo] = Field(default_factory=list)
 
 
 class RouteSyncStatus(K8sModel):
