@@ -1,0 +1,3 @@
+from multinic_sim.cli import main
+
+raise SystemExit(main())
