@@ -168,4 +168,6 @@ class IpamRequest:
     static_ips: Sequence[str] = ()
     """Addresses requested with ``IP=`` in CNI_ARGS, in NIC order."""
     context: Mapping[str, Any] = field(default_factory=dict)
-    """Host services of the agent (state dir, API client...), by name."""
+    """Services of the agent, by name: ``"node"`` (this node's name), ``"pools"``
+    (interface name -> ``IPPoolSpec`` of this node for the network, on ADD) and
+    ``"allocations"`` (the node's durable allocation journal of multinic-ipam)."""

@@ -55,6 +55,10 @@ KNOWN_DISTRIBUTIONS: dict[tuple[str, str], str] = {
     (IPAM, "multi-nic-ipam"): "multinic-ipam",
     (IPAM, "multi-config"): "multinic-ipam",
     (IPAM, "host-device-ipam"): "multinic-ipam",
+    (IPAM, "host-local"): "multinic-ipam",
+    (IPAM, "static"): "multinic-ipam",
+    (IPAM, "whereabouts"): "multinic-ipam",
+    (IPAM, "dhcp"): "multinic-ipam",
 }
 
 

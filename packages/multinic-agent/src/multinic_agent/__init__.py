@@ -1,0 +1,3 @@
+"""The multinic node agent and its ``multi-nic`` CNI shim."""
+
+from __future__ import annotations

@@ -1,0 +1,129 @@
+"""``multinic-agent``: run the node agent, or install the ``multi-nic`` CNI shim.
+
+multinic-agent --node NAME [--kubeconfig P] [--socket P] [--state-dir D] [--cni-path DIRS] [run]
+multinic-agent install-cni --bin-dir DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from multinic_agent import shim
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATE_DIR = Path("/var/lib/multinic")
+DEFAULT_CNI_PATH = "/opt/cni/bin:/usr/lib/cni"
+SHIM_NAME = "multi-nic"
+
+
+def shim_program(interpreter: str | None = None) -> str:
+    """The shim's source with an interpreter line for this machine.
+
+    The real interpreter (not the venv's symlink) with ``-IS`` (isolated, no
+    ``site``; one shebang argument): the shim needs only the standard
+    library, and this halves its start-up.
+    """
+    python = interpreter or os.path.realpath(sys.executable)
+    source = Path(shim.__file__).read_text(encoding="utf-8")
+    body = source.split("\n", 1)[1] if source.startswith("#!") else source
+    return f"#!{python} -IS\n{body}"
+
+
+def install_cni(bin_dir: Path, interpreter: str | None = None) -> Path:
+    """Write the shim into ``bin_dir`` as ``multi-nic`` (atomically, mode 0755)."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    target = bin_dir / SHIM_NAME
+    fd, temporary = tempfile.mkstemp(prefix=f".{SHIM_NAME}.", dir=bin_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(shim_program(interpreter))
+            out.flush()
+            os.fsync(out.fileno())
+        # A CNI plugin must be executable by the runtime; it holds no secret.
+        os.chmod(temporary, 0o755)  # noqa: S103
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="multinic-agent", description=__doc__.split("\n")[1])
+    parser.add_argument("--node", default=os.environ.get("NODE_NAME") or socket.gethostname())
+    parser.add_argument(
+        "--kubeconfig",
+        default=os.environ.get("KUBECONFIG", ""),
+        help="cluster access (used by the Kubernetes-backed node state, next step)",
+    )
+    parser.add_argument(
+        "--socket", type=Path, default=Path(os.environ.get(shim.SOCKET_ENV) or shim.DEFAULT_SOCKET)
+    )
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    parser.add_argument(
+        "--cni-path",
+        default=DEFAULT_CNI_PATH,
+        help="directories of delegate plugins, searched after the request's CNI_PATH",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("MULTINIC_LOG_LEVEL", "INFO"))
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("run", help="serve the CNI shim (default)")
+    install = commands.add_parser("install-cni", help="write the multi-nic shim into a CNI bin dir")
+    install.add_argument("--bin-dir", type=Path, required=True)
+    return parser
+
+
+def run_agent(options: argparse.Namespace) -> int:
+    # Imported here so that install-cni works without loading the plugin stack.
+    from multinic_agent.agent import serve  # noqa: PLC0415
+    from multinic_agent.cni_server import CniServer  # noqa: PLC0415
+    from multinic_agent.node_state import NODE_STATE_FILE, FileNodeState  # noqa: PLC0415
+    from multinic_agent.records import RecordStore  # noqa: PLC0415
+    from multinic_ipam.journal import AllocationJournal  # noqa: PLC0415
+
+    state_dir: Path = options.state_dir
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    server = CniServer(
+        node=options.node,
+        node_state=FileNodeState(state_dir / NODE_STATE_FILE),
+        journal=AllocationJournal(state_dir),
+        records=RecordStore(state_dir),
+        cni_path=[p for p in options.cni_path.split(os.pathsep) if p],
+    )
+    server.preload()
+    log.info("agent for node %s, state in %s", options.node, state_dir)
+    asyncio.run(serve(server, options.socket))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=options.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Their debug output is one line per netlink message / entry point.
+    for noisy in ("pyroute2", "stevedore"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
+    if options.command == "install-cni":
+        target = install_cni(options.bin_dir)
+        print(f"installed {target}")
+        return 0
+    try:
+        return run_agent(options)
+    except (OSError, ValueError) as e:
+        log.error("agent cannot start: %s", e)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

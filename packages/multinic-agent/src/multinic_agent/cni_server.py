@@ -1,0 +1,781 @@
+"""The agent's CNI server: ADD, DEL, CHECK, GC, STATUS for the ``multi-nic`` shim (SPEC 4).
+
+The shim sends one request per connection on the agent's unix socket (wire
+format in :mod:`multinic_agent.shim`); :meth:`CniServer.handle` answers it.
+ADD selects NICs (attach policy plugin), gets addresses (IPAM plugin), builds
+one delegate config per NIC (main plugin), execs the delegates in parallel,
+programs multipath routes, records the attachment durably and returns the
+merged result.  Any failure undoes every step already done.  DEL, CHECK and
+GC work from the attachment record, never from a new selection.
+
+Errors leave here as CNI error JSON with the spec's codes; nothing else
+escapes (no traceback reaches the runtime).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+from collections import defaultdict
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from multinic_agent import pod_netns
+from multinic_agent.cni_result import AttachResult, CniError, best_common_version, merge_results
+from multinic_agent.device_selection import select_devices
+from multinic_agent.node_state import NodeState
+from multinic_agent.records import AttachmentRecord, DelegateRecord, RecordStore
+from multinic_agent.shim import (
+    CODE_DECODE,
+    CODE_INCOMPATIBLE_VERSION,
+    CODE_INVALID_CONFIG,
+    CODE_INVALID_ENV,
+    CODE_NOT_AVAILABLE,
+    CODE_OTHER,
+    CODE_TRY_AGAIN,
+    SUPPORTED_VERSIONS,
+    config_version,
+    version_reply,
+)
+from multinic_core.errors import (
+    ConfigError,
+    MultinicError,
+    PluginNotFoundError,
+    SelectionError,
+    TryAgainError,
+)
+from multinic_core.hooktypes import IpamRequest, PodArgs, PodRef, SelectedNic, SelectionRequest
+from multinic_core.models import MultiNicNetwork, load_resource
+from multinic_core.plugins import IpamPlugin, PluginRegistry
+from multinic_ipam.journal import AllocationJournal
+from multinic_ipam.plugins import CONTEXT_JOURNAL, CONTEXT_POOLS
+
+log = logging.getLogger(__name__)
+
+COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
+# libcni's rule for container IDs; it also keeps record file names safe.
+_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+_PLUGIN_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+VALID_ATTACHMENTS = "cni.dev/valid-attachments"
+DELEGATE_TIMEOUT_S = 120.0
+# CNI_ARGS keys that are the agent's business, not the delegates' (static
+# IPAM would otherwise add the IP= addresses to every NIC).
+_AGENT_ARGS = frozenset({"IP", "GATEWAY"})
+
+
+@dataclass(frozen=True)
+class CniRequest:
+    """One validated invocation."""
+
+    command: str
+    version: str
+    config: dict[str, Any]
+    container_id: str = ""
+    netns: str = ""
+    ifname: str = ""
+    path: tuple[str, ...] = ()
+    args: dict[str, str] = field(default_factory=dict)
+    raw_args: str = ""
+
+    @property
+    def name(self) -> str:
+        return str(self.config["name"])
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.container_id, self.ifname)
+
+    @property
+    def pod(self) -> PodRef:
+        return PodRef(
+            name=self.args.get("K8S_POD_NAME", ""),
+            namespace=self.args.get("K8S_POD_NAMESPACE", ""),
+            uid=self.args.get("K8S_POD_UID", ""),
+        )
+
+
+def log_fields(container_id: str, ifname: str, network: str = "", pod: str = "") -> dict[str, str]:
+    """Structured ``extra`` fields of a log record about one attachment."""
+    return {"container": container_id, "ifname": ifname, "network": network, "pod": pod}
+
+
+def parse_cni_args(raw: str) -> dict[str, str]:
+    """``CNI_ARGS`` (``K=V;K2=V2``) as a dict; raises CniError(4) when malformed."""
+    args: dict[str, str] = {}
+    for pair in filter(None, raw.split(";")):
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CniError(CODE_INVALID_ENV, f"CNI_ARGS entry {pair!r} is not KEY=VALUE")
+        args[key] = value
+    return args
+
+
+def _require(env: Mapping[str, str], name: str, pattern: re.Pattern[str] | None = None) -> str:
+    value = env.get(name, "")
+    if not value:
+        raise CniError(CODE_INVALID_ENV, f"{name} is required for CNI_COMMAND={env['CNI_COMMAND']}")
+    if pattern and not pattern.match(value):
+        raise CniError(CODE_INVALID_ENV, f"{name} {value!r} is not valid")
+    return value
+
+
+def parse_request(env: Mapping[str, str], stdin: str) -> CniRequest:
+    """Validate environment and config; raises CniError with the spec's code."""
+    command = env.get("CNI_COMMAND", "")
+    if command not in COMMANDS:
+        raise CniError(
+            CODE_INVALID_ENV, f"CNI_COMMAND {command!r} is not one of {', '.join(COMMANDS)}"
+        )
+    try:
+        config = json.loads(stdin)
+    except ValueError as e:
+        raise CniError(CODE_DECODE, f"network config is not valid JSON: {e}") from e
+    if not isinstance(config, dict):
+        raise CniError(CODE_DECODE, "network config must be a JSON object")
+    version = config.get("cniVersion")
+    if not isinstance(version, str) or not version:
+        raise CniError(CODE_INVALID_CONFIG, "network config has no cniVersion")
+    if version not in SUPPORTED_VERSIONS:
+        raise CniError(
+            CODE_INCOMPATIBLE_VERSION,
+            f"cniVersion {version!r} is not supported (supported: {', '.join(SUPPORTED_VERSIONS)})",
+        )
+    if command in ("GC", "STATUS") and version != "1.1.0":
+        raise CniError(
+            CODE_INCOMPATIBLE_VERSION, f"{command} needs cniVersion 1.1.0, not {version}"
+        )
+    if command == "CHECK" and version in ("0.3.0", "0.3.1"):
+        raise CniError(
+            CODE_INCOMPATIBLE_VERSION, f"CHECK needs cniVersion 0.4.0 or later, not {version}"
+        )
+    name = config.get("name")
+    if not isinstance(name, str) or not name:
+        raise CniError(CODE_INVALID_CONFIG, "network config has no 'name'")
+    plugin = config.get("plugin")
+    if not isinstance(plugin, dict) or not isinstance(plugin.get("type"), str):
+        raise CniError(
+            CODE_INVALID_CONFIG,
+            f"network config 'plugin' must be an object with a 'type', not {plugin!r}",
+        )
+    if not _PLUGIN_TYPE.match(plugin["type"]):
+        raise CniError(CODE_INVALID_CONFIG, f"plugin.type {plugin['type']!r} is not a plugin name")
+    ipam = config.get("ipam")
+    if not isinstance(ipam, dict) or not isinstance(ipam.get("type"), str) or not ipam["type"]:
+        raise CniError(
+            CODE_INVALID_CONFIG,
+            f"network config 'ipam' must be an object with a 'type', not {ipam!r}",
+        )
+    if command in ("VERSION", "GC", "STATUS"):
+        return CniRequest(command=command, version=version, config=config)
+    container_id = _require(env, "CNI_CONTAINERID", _CONTAINER_ID)
+    ifname = _require(env, "CNI_IFNAME", _IFNAME)
+    netns = _require(env, "CNI_NETNS") if command in ("ADD", "CHECK") else env.get("CNI_NETNS", "")
+    raw_args = env.get("CNI_ARGS", "")
+    return CniRequest(
+        command=command,
+        version=version,
+        config=config,
+        container_id=container_id,
+        netns=netns,
+        ifname=ifname,
+        path=tuple(p for p in env.get("CNI_PATH", "").split(os.pathsep) if p),
+        args=parse_cni_args(raw_args),
+        raw_args=raw_args,
+    )
+
+
+def network_of(config: Mapping[str, Any], known: MultiNicNetwork | None) -> MultiNicNetwork:
+    """The MultiNicNetwork a NAD config stands for (attach policy from ``known``)."""
+    plugin = config["plugin"]
+    policy = known.spec.attach_policy.to_dict() if known else config.get("attachPolicy") or {}
+    body = {
+        "metadata": {"name": config["name"]},
+        "spec": {
+            "subnet": config.get("subnet") or "",
+            "ipam": json.dumps(config["ipam"]),
+            "multiNICIPAM": bool(config.get("multiNICIPAM", False)),
+            "masterNets": config.get("masterNets") or [],
+            "plugin": {
+                "cniVersion": plugin.get("cniVersion") or config["cniVersion"],
+                "type": plugin["type"],
+            },
+            "attachPolicy": policy,
+        },
+    }
+    return load_resource(MultiNicNetwork, body, f"NAD config {config['name']!r}")
+
+
+def split_multipath(
+    configs: Sequence[dict[str, Any]], ifnames: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Take destinations reached through several gateways out of the delegates' IPAM.
+
+    A delegate would install its own single-path route and the second one
+    would collide; the agent installs one multipath route instead.
+    :returns: ``{"dst", "nexthops": [{"gw", "dev"}]}`` for each such destination.
+    """
+    hops: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for config, ifname in zip(configs, ifnames, strict=True):
+        for route in config.get("ipam", {}).get("routes") or []:
+            if route.get("gw"):
+                hops[route["dst"]].append({"gw": route["gw"], "dev": ifname})
+    shared = {dst: via for dst, via in hops.items() if len(via) > 1}
+    if not shared:
+        return []
+    for config in configs:
+        ipam = config.get("ipam", {})
+        if ipam.get("routes"):
+            ipam["routes"] = [r for r in ipam["routes"] if r.get("dst") not in shared]
+    return [{"dst": dst, "nexthops": via} for dst, via in shared.items()]
+
+
+class CniServer:
+    """Answers the shim's requests for one node."""
+
+    def __init__(
+        self,
+        *,
+        node: str,
+        node_state: NodeState,
+        journal: AllocationJournal,
+        records: RecordStore,
+        registry: PluginRegistry | None = None,
+        cni_path: Sequence[str] = ("/opt/cni/bin", "/usr/lib/cni"),
+    ) -> None:
+        self.node = node
+        self.node_state = node_state
+        self.journal = journal
+        self.records = records
+        self.registry = registry or PluginRegistry()
+        self.cni_path = tuple(cni_path)
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._lock_users: dict[tuple[str, str], int] = {}
+        self._busy: set[tuple[str, str]] = set()
+        self._delegate_versions: dict[str, tuple[str, ...]] = {}
+
+    def preload(self) -> None:
+        """Load and validate every installed plugin once, before the first pod."""
+        for info in self.registry.discover():
+            if info.error:
+                log.warning("plugin %s %r unusable: %s", info.kind, info.name, info.error)
+
+    # ------------------------------------------------------------------ entry
+
+    async def handle(self, env: Mapping[str, str], stdin: str) -> tuple[int, str, str]:
+        """One shim request: (exit status, stdout, stderr).  Never raises."""
+        version = config_version(stdin)
+        if version not in SUPPORTED_VERSIONS:
+            version = SUPPORTED_VERSIONS[-1]
+        try:
+            if env.get("CNI_COMMAND") == "VERSION":
+                return 0, version_reply(stdin), ""
+            request = parse_request(env, stdin)
+            result = await self.dispatch(request)
+            return 0, json.dumps(result) if result is not None else "", ""
+        except CniError as e:
+            error = e
+        except TryAgainError as e:
+            error = CniError(CODE_TRY_AGAIN, str(e))
+        except (ConfigError, PluginNotFoundError) as e:
+            error = CniError(CODE_INVALID_CONFIG, str(e))
+        except MultinicError as e:
+            error = CniError(CODE_OTHER, str(e))
+        except Exception as e:
+            log.exception("CNI %s failed unexpectedly", env.get("CNI_COMMAND"))
+            error = CniError(CODE_OTHER, f"internal error: {type(e).__name__}: {e}")
+        log.info(
+            "CNI %s container %s ifname %s: error %d: %s",
+            env.get("CNI_COMMAND"),
+            env.get("CNI_CONTAINERID", ""),
+            env.get("CNI_IFNAME", ""),
+            error.code,
+            error.msg,
+            extra=log_fields(env.get("CNI_CONTAINERID", ""), env.get("CNI_IFNAME", "")),
+        )
+        return 1, json.dumps(error.to_dict(version)), ""
+
+    async def dispatch(self, request: CniRequest) -> dict[str, Any] | None:
+        if request.command == "ADD":
+            return await self.add(request)
+        if request.command == "DEL":
+            await self.delete(request)
+        elif request.command == "CHECK":
+            await self.check(request)
+        elif request.command == "GC":
+            await self.gc(request)
+        elif request.command == "STATUS":
+            self.status(request)
+        return None
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, key: tuple[str, str]) -> AsyncIterator[None]:
+        """Serialise commands for one (containerID, ifname); GC skips busy keys."""
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._lock_users[key] = self._lock_users.get(key, 0) + 1
+        try:
+            async with lock:
+                self._busy.add(key)
+                try:
+                    yield
+                finally:
+                    self._busy.discard(key)
+        finally:
+            # Forget the lock with its last user, so that the table does not
+            # grow with every container the node ever ran.
+            self._lock_users[key] -= 1
+            if not self._lock_users[key]:
+                del self._lock_users[key]
+                del self._locks[key]
+
+    # ------------------------------------------------------------------ ADD
+
+    async def add(self, request: CniRequest) -> dict[str, Any]:
+        async with self._exclusive(request.key):
+            existing = self.records.get(*request.key)
+            if existing is not None:
+                if existing.network != request.name:
+                    raise CniError(
+                        CODE_INVALID_CONFIG,
+                        f"container {request.container_id} ifname {request.ifname} is already "
+                        f"attached to network {existing.network!r}",
+                    )
+                log.info("ADD %s/%s repeated: returning the recorded result", *request.key)
+                result = AttachResult.parse(existing.result, "recorded result")
+                return result.render(request.version)
+            return await self._attach(request)
+
+    def _select(self, request: CniRequest, network: MultiNicNetwork) -> list[SelectedNic]:
+        cni_args = (request.config.get("args") or {}).get("cni")
+        try:
+            pod_args = PodArgs.from_cni_args(cni_args if isinstance(cni_args, dict) else None)
+        except ValueError as e:
+            raise CniError(CODE_INVALID_CONFIG, str(e)) from e
+        runtime = request.config.get("runtimeConfig") or {}
+        device_ids = runtime.get("deviceID") or []
+        if isinstance(device_ids, str):
+            device_ids = [device_ids]
+        if not isinstance(device_ids, list) or not all(isinstance(d, str) for d in device_ids):
+            raise CniError(
+                CODE_INVALID_CONFIG, f"runtimeConfig.deviceID must be a PCI address: {device_ids!r}"
+            )
+        if device_ids:
+            # Device-plugin allocations win: no attach policy runs.
+            try:
+                nics = select_devices(device_ids, self.node_state.nics())
+            except SelectionError as e:
+                raise CniError(CODE_OTHER, f"network {network.name}: {e}") from e
+            self._check_ifnames(request, nics)
+            return nics
+        strategy = network.spec.attach_policy.strategy or "none"
+        try:
+            policy = self.registry.policy(strategy)
+        except PluginNotFoundError as e:
+            log.warning("network %s: %s; using attach policy 'none'", network.name, e)
+            policy = self.registry.policy("none")
+        selection = SelectionRequest(
+            network=network,
+            nics=self.node_state.nics(),
+            pod=request.pod,
+            args=pod_args,
+            usage=self.records.usage(),
+            device_classes=self.node_state.device_class,
+        )
+        try:
+            nics = policy.select_nics(selection)
+        except SelectionError as e:
+            raise CniError(CODE_OTHER, f"network {network.name}: {e}") from e
+        if not nics:
+            raise CniError(
+                CODE_OTHER, f"network {network.name}: attach policy {strategy!r} selected no NIC"
+            )
+        self._check_ifnames(request, nics)
+        return nics
+
+    def _check_ifnames(self, request: CniRequest, nics: Sequence[SelectedNic]) -> None:
+        longest = f"{request.ifname}-{len(nics) - 1}"
+        if len(longest) > 15:
+            raise CniError(
+                CODE_INVALID_ENV,
+                f"CNI_IFNAME {request.ifname!r} is too long: "
+                f"the NIC names ({longest!r}) exceed 15 characters",
+            )
+
+    def _ipam_request(
+        self, request: CniRequest, network: MultiNicNetwork, nics: Sequence[SelectedNic]
+    ) -> IpamRequest:
+        pools = {p.interface_name: p for p in self.node_state.pools_for(network.name)}
+        static_ips = [ip for ip in request.args.get("IP", "").split(",") if ip]
+        return IpamRequest(
+            network=network,
+            ipam=request.config["ipam"],
+            nics=tuple(nics),
+            container_id=request.container_id,
+            if_name=request.ifname,
+            pod=request.pod,
+            static_ips=tuple(static_ips),
+            context={CONTEXT_JOURNAL: self.journal, CONTEXT_POOLS: pools, "node": self.node},
+        )
+
+    async def _attach(self, request: CniRequest) -> dict[str, Any]:
+        network = network_of(request.config, self.node_state.network(request.name))
+        nics = self._select(request, network)
+        ipam_plugin = self.registry.ipam(request.config["ipam"]["type"])
+        main_plugin = self.registry.main_plugin(request.config["plugin"]["type"])
+        ipam_request = self._ipam_request(request, network, nics)
+        ifnames = [f"{request.ifname}-{i}" for i in range(len(nics))]
+        async with contextlib.AsyncExitStack() as undo:
+            sections = ipam_plugin.add(ipam_request)
+            undo.callback(self._release, ipam_plugin, ipam_request)
+            configs = [
+                main_plugin.delegate_config(request.config, nic, section)
+                for nic, section in zip(nics, sections, strict=True)
+            ]
+            multipath = split_multipath(configs, ifnames)
+            binaries = [self._find_binary(str(c["type"]), request.path) for c in configs]
+            for config, binary in zip(configs, binaries, strict=True):
+                config["cniVersion"] = await self._delegate_version(binary, request.version)
+            delegates = [
+                DelegateRecord(ifname=i, nic=n.name, binary=b, config=c, device_id=n.device_id)
+                for i, n, b, c in zip(ifnames, nics, binaries, configs, strict=True)
+            ]
+            for delegate in delegates:
+                # Registered before the exec: a delegate that failed half-way
+                # gets its DEL too (DEL is idempotent), as a runtime would do.
+                undo.push_async_callback(self._delegate_cleanup, request, delegate)
+            outcomes = await asyncio.gather(
+                *(self._exec("ADD", request, d, request.netns) for d in delegates),
+                return_exceptions=True,
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            results = []
+            for delegate, outcome in zip(delegates, outcomes, strict=True):
+                assert isinstance(outcome, dict)
+                delegate.result = outcome
+                results.append(
+                    AttachResult.parse(
+                        outcome, f"delegate {delegate.config['type']} ({delegate.ifname})"
+                    )
+                )
+            if multipath:
+                try:
+                    await asyncio.to_thread(pod_netns.program_multipath, request.netns, multipath)
+                except Exception as e:  # pyroute2's NetlinkError is not an OSError
+                    dsts = ", ".join(r["dst"] for r in multipath)
+                    raise CniError(
+                        CODE_OTHER, f"multipath route(s) {dsts} in {request.netns} failed: {e}"
+                    ) from e
+            extra = [{"dst": r["dst"], "gw": h["gw"]} for r in multipath for h in r["nexthops"]]
+            merged = merge_results(results, extra_routes=extra, dns=request.config.get("dns"))
+            record = AttachmentRecord(
+                container_id=request.container_id,
+                ifname=request.ifname,
+                netns=request.netns,
+                network=request.name,
+                cni_version=request.version,
+                ipam_type=request.config["ipam"]["type"],
+                ipam=request.config["ipam"],
+                delegates=delegates,
+                addresses=[ip["address"] for ip in merged.ips],
+                pod=request.pod.name,
+                namespace=request.pod.namespace,
+                multipath=multipath,
+                result=merged.render(SUPPORTED_VERSIONS[-1]),
+            )
+            self.records.put(record)
+            undo.pop_all()
+        log.info(
+            "ADD %s/%s network %s: %s on %s",
+            request.container_id,
+            request.ifname,
+            request.name,
+            ", ".join(record.addresses),
+            ", ".join(n.name for n in nics),
+            extra=log_fields(
+                *request.key, request.name, f"{request.pod.namespace}/{request.pod.name}"
+            ),
+        )
+        return merged.render(request.version)
+
+    def _release(self, plugin: IpamPlugin, ipam_request: IpamRequest) -> None:
+        plugin.delete(ipam_request)
+
+    async def _delegate_cleanup(self, request: CniRequest, delegate: DelegateRecord) -> None:
+        try:
+            await self._exec("DEL", request, delegate, request.netns)
+        except (CniError, OSError) as e:
+            log.error("rollback: DEL of %s (%s) failed: %s", delegate.ifname, delegate.nic, e)
+
+    # ------------------------------------------------------------------ delegates
+
+    def _find_binary(self, plugin_type: str, request_path: Sequence[str]) -> str:
+        if not _PLUGIN_TYPE.match(plugin_type):
+            raise CniError(
+                CODE_INVALID_CONFIG, f"delegate type {plugin_type!r} is not a plugin name"
+            )
+        directories = [*request_path, *self.cni_path]
+        for directory in directories:
+            candidate = os.path.join(directory, plugin_type)
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                return candidate
+        raise CniError(
+            CODE_OTHER,
+            f"delegate plugin {plugin_type!r} not found in {os.pathsep.join(directories)}",
+        )
+
+    async def _delegate_version(self, binary: str, requested: str) -> str:
+        """The version to give the delegate: the highest it supports not above ``requested``."""
+        supported = self._delegate_versions.get(binary)
+        if supported is None:
+            out = await self._run(
+                binary, {"CNI_COMMAND": "VERSION"}, json.dumps({"cniVersion": requested})
+            )
+            try:
+                supported = tuple(json.loads(out[1])["supportedVersions"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise CniError(
+                    CODE_OTHER, f"delegate {binary} answered VERSION with {out[1]!r}"
+                ) from e
+            self._delegate_versions[binary] = supported
+        version = best_common_version(requested, supported)
+        if version is None:
+            raise CniError(
+                CODE_INCOMPATIBLE_VERSION,
+                f"delegate {binary} supports {', '.join(supported)}, nothing up to {requested}",
+            )
+        return version
+
+    async def _run(self, binary: str, env: Mapping[str, str], stdin: str) -> tuple[int, str, str]:
+        process = await asyncio.create_subprocess_exec(
+            binary,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **env},
+        )
+        try:
+            out, err = await asyncio.wait_for(
+                process.communicate(stdin.encode()), DELEGATE_TIMEOUT_S
+            )
+        except TimeoutError as e:
+            process.kill()
+            await process.wait()
+            raise CniError(
+                CODE_OTHER, f"delegate {binary} did not answer in {DELEGATE_TIMEOUT_S:.0f} s"
+            ) from e
+        return process.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+
+    async def _exec(
+        self,
+        command: str,
+        request: CniRequest,
+        delegate: DelegateRecord,
+        netns: str,
+        config: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Run one delegate verb; its result, or CniError carrying the delegate's code."""
+        args = ";".join(
+            f"{k}={v}" for k, v in parse_cni_args(request.raw_args).items() if k not in _AGENT_ARGS
+        )
+        env = {
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": request.container_id,
+            "CNI_NETNS": netns,
+            "CNI_IFNAME": delegate.ifname,
+            "CNI_PATH": os.pathsep.join([*request.path, *self.cni_path]),
+            "CNI_ARGS": args,
+        }
+        stdin = json.dumps(config if config is not None else delegate.config)
+        status, out, err = await self._run(delegate.binary, env, stdin)
+        kind = delegate.config.get("type")
+        what = f"delegate {kind} {command} for {delegate.ifname} (NIC {delegate.nic})"
+        if status != 0:
+            try:
+                reply = json.loads(out)
+                code, msg = int(reply.get("code", CODE_OTHER)), str(reply.get("msg", ""))
+                details = str(reply.get("details", ""))
+            except (ValueError, TypeError, AttributeError):
+                code, msg, details = CODE_OTHER, (out or err).strip()[:500], ""
+            raise CniError(code, f"{what} failed: {msg}", details)
+        if not out.strip():
+            return {}
+        try:
+            result = json.loads(out)
+        except ValueError as e:
+            raise CniError(CODE_OTHER, f"{what} printed invalid JSON: {out[:200]!r}") from e
+        if not isinstance(result, dict):
+            raise CniError(CODE_OTHER, f"{what} printed {out[:200]!r}, not a result object")
+        return result
+
+    # ------------------------------------------------------------------ DEL
+
+    async def delete(self, request: CniRequest) -> None:
+        async with self._exclusive(request.key):
+            record = self.records.get(*request.key)
+            if record is None:
+                # Nothing recorded: an ADD that failed or was cut short by a
+                # crash.  Its addresses (if any) are still released.
+                released = self.journal.release(request.name, request.container_id, request.ifname)
+                log.info(
+                    "DEL %s/%s: no attachment recorded%s",
+                    *request.key,
+                    f"; released {', '.join(e.address for e in released)}" if released else "",
+                    extra=log_fields(*request.key, request.name),
+                )
+                return
+            await self._detach(record, request)
+
+    async def _detach(self, record: AttachmentRecord, request: CniRequest | None = None) -> None:
+        """Undo a recorded attachment: delegates' DEL, addresses, record."""
+        netns = (request.netns if request and request.netns else "") or record.netns
+        if netns and not os.path.exists(netns):
+            # The namespace (and the interfaces in it) is gone; the delegates
+            # still run DEL with no netns so that their own IPAM releases.
+            netns = ""
+        base = request or CniRequest(
+            command="DEL",
+            version=record.cni_version,
+            config={},
+            container_id=record.container_id,
+            ifname=record.ifname,
+        )
+        outcomes = await asyncio.gather(
+            *(self._exec("DEL", base, d, netns) for d in record.delegates), return_exceptions=True
+        )
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        if failures:
+            # Keep the record: the runtime retries DEL until it succeeds.
+            first = failures[0]
+            raise first if isinstance(first, CniError) else CniError(CODE_OTHER, str(first))
+        released = self.journal.release(record.network, record.container_id, record.ifname)
+        if record.ipam_type != "multi-nic-ipam":
+            self._release_other(record)
+        self.records.delete(*record.key)
+        log.info(
+            "DEL %s/%s network %s: released %s",
+            record.container_id,
+            record.ifname,
+            record.network,
+            ", ".join(e.address for e in released) or "no agent-held address",
+            extra=log_fields(*record.key, record.network, f"{record.namespace}/{record.pod}"),
+        )
+
+    def _release_other(self, record: AttachmentRecord) -> None:
+        try:
+            plugin = self.registry.ipam(record.ipam_type)
+            network = load_resource(
+                MultiNicNetwork,
+                {
+                    "metadata": {"name": record.network},
+                    "spec": {
+                        "ipam": json.dumps(record.ipam),
+                        "plugin": {
+                            "type": record.delegates[0].config.get("type", "unknown")
+                            if record.delegates
+                            else "unknown"
+                        },
+                    },
+                },
+                "attachment record",
+            )
+            plugin.delete(
+                IpamRequest(
+                    network=network,
+                    ipam=record.ipam,
+                    nics=tuple(
+                        SelectedNic(name=d.nic, device_id=d.device_id) for d in record.delegates
+                    ),
+                    container_id=record.container_id,
+                    if_name=record.ifname,
+                    context={CONTEXT_JOURNAL: self.journal, "node": self.node},
+                )
+            )
+        except MultinicError as e:
+            log.warning("IPAM %s release of %s/%s: %s", record.ipam_type, *record.key, e)
+
+    # ------------------------------------------------------------------ CHECK
+
+    async def check(self, request: CniRequest) -> None:
+        async with self._exclusive(request.key):
+            record = self.records.get(*request.key)
+            if record is None or record.network != request.name:
+                raise CniError(
+                    CODE_OTHER,
+                    f"no attachment of container {request.container_id} ifname {request.ifname} "
+                    f"to network {request.name!r} is recorded on node {self.node}",
+                )
+            expected = [
+                (d.ifname, [ip["address"] for ip in AttachResult.parse(d.result).ips])
+                for d in record.delegates
+            ]
+            problems = await asyncio.to_thread(
+                pod_netns.check_pod_netns, request.netns, expected, record.multipath
+            )
+            if problems:
+                raise CniError(CODE_OTHER, "; ".join(problems))
+            checks = [
+                self._exec("CHECK", request, d, request.netns, {**d.config, "prevResult": d.result})
+                for d in record.delegates
+                if d.config.get("cniVersion") not in ("0.3.0", "0.3.1")
+            ]
+            outcomes = await asyncio.gather(*checks, return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+
+    # ------------------------------------------------------------------ GC, STATUS
+
+    async def gc(self, request: CniRequest) -> None:
+        valid_raw = request.config.get(VALID_ATTACHMENTS, [])
+        if not isinstance(valid_raw, list):
+            raise CniError(
+                CODE_INVALID_CONFIG, f"{VALID_ATTACHMENTS} must be a list, not {valid_raw!r}"
+            )
+        valid = set()
+        for entry in valid_raw:
+            if (
+                not isinstance(entry, dict)
+                or not isinstance(entry.get("containerID"), str)
+                or not isinstance(entry.get("ifname"), str)
+            ):
+                raise CniError(
+                    CODE_INVALID_CONFIG,
+                    f"{VALID_ATTACHMENTS} entry {entry!r} needs containerID and ifname",
+                )
+            valid.add((entry["containerID"], entry["ifname"]))
+        stale = [
+            r
+            for r in self.records.of_network(request.name)
+            if r.key not in valid and r.key not in self._busy
+        ]
+        for record in stale:
+            async with self._exclusive(record.key):
+                if self.records.get(*record.key) is record:
+                    await self._detach(record)
+        leaked = 0
+        for network, container_id, ifname in self.journal.attachments(request.name):
+            key = (container_id, ifname)
+            if key in valid or key in self._busy or self.records.get(*key) is not None:
+                continue
+            leaked += len(self.journal.release(network, container_id, ifname))
+        log.info(
+            "GC network %s: %d attachments and %d unrecorded addresses released",
+            request.name,
+            len(stale),
+            leaked,
+        )
+
+    def status(self, request: CniRequest) -> None:
+        ipam_type = request.config["ipam"]["type"]
+        if ipam_type == "multi-nic-ipam" and not self.node_state.pools_for(request.name):
+            raise CniError(
+                CODE_NOT_AVAILABLE,
+                f"network {request.name!r} has no IPPool on node {self.node} yet",
+            )

@@ -1,0 +1,317 @@
+"""The L3 host routes of SPEC section 7, reconciled by diff in a table per network.
+
+For each l3/l3s network the agent keeps one routing table (an id from a range
+reserved for multinic, recorded in the state dir so that it survives restarts)
+and one ``ip rule from <subnet> lookup <table>``.  A reconcile adds what is
+missing, replaces what changed, deletes what is stale and leaves the rest
+alone: never a flush, so established traffic sees no blip.  The main, local
+and default tables are refused outright.
+
+All functions block (netlink); the agent runs them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import netaddr
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from multinic_core.routes import HostRoute
+
+log = logging.getLogger(__name__)
+
+# Tables 0 (unspec), 253 (default), 254 (main) and 255 (local) belong to the
+# kernel and the system; multinic uses its own range and nothing else.
+RESERVED_TABLES = frozenset({0, 253, 254, 255})
+TABLE_RANGE = range(20000, 21000)
+RULE_PRIORITY = 20000
+# Marks routes and rules multinic owns (RTPROT numbers above 4 are free for
+# routing daemons; 0x6d is "m").
+RTPROT_MULTINIC = 109
+_NETWORK_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+
+
+class RouteTableError(ValueError):
+    """A table id, network name, device or CIDR that must not reach netlink."""
+
+
+def check_table(table: int) -> int:
+    if table in RESERVED_TABLES or table not in TABLE_RANGE:
+        raise RouteTableError(
+            f"routing table {table} is not in multinic's range "
+            f"{TABLE_RANGE.start}-{TABLE_RANGE.stop - 1}; main/local/default are never touched"
+        )
+    return table
+
+
+@dataclass(frozen=True)
+class RouteSync:
+    """What one reconcile of one network did."""
+
+    network: str
+    table: int
+    added: tuple[str, ...] = ()
+    replaced: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    kept: int = 0
+    errors: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.replaced or self.removed)
+
+    def summary(self) -> str:
+        text = (
+            f"table {self.table}: {len(self.added)} added, {len(self.replaced)} replaced, "
+            f"{len(self.removed)} removed, {self.kept} kept"
+        )
+        if self.errors:
+            text += "; " + "; ".join(self.errors)
+        return text
+
+
+@dataclass
+class TableRegistry:
+    """network name -> table id, persisted as JSON in the state dir."""
+
+    path: Path
+    tables: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> TableRegistry:
+        if not path.exists():
+            return cls(path)
+        data = json.loads(path.read_text())
+        tables = {str(k): check_table(int(v)) for k, v in data.get("tables", {}).items()}
+        return cls(path, tables)
+
+    def table_for(self, network: str) -> int:
+        if network in self.tables:
+            return self.tables[network]
+        used = set(self.tables.values())
+        for table in TABLE_RANGE:
+            if table not in used:
+                self.tables[network] = table
+                self._save()
+                return table
+        raise RouteTableError(f"all {len(TABLE_RANGE)} multinic routing tables are in use")
+
+    def release(self, network: str) -> None:
+        if self.tables.pop(network, None) is not None:
+            self._save()
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tables-")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"tables": self.tables}, f, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+
+def _check_network(name: str) -> str:
+    if not _NETWORK_NAME.match(name):
+        raise RouteTableError(f"{name!r} is not a valid network (object) name")
+    return name
+
+
+def _check_route(route: HostRoute) -> HostRoute:
+    try:
+        dst = netaddr.IPNetwork(route.dst)
+        netaddr.IPAddress(route.gateway)
+    except (netaddr.AddrFormatError, ValueError) as e:
+        raise RouteTableError(f"route {route}: {e}") from e
+    if str(dst.cidr) != route.dst:
+        raise RouteTableError(f"route {route}: destination is not a network address")
+    if not _IFNAME.match(route.device):
+        raise RouteTableError(f"route {route}: {route.device!r} is not an interface name")
+    return route
+
+
+def _attr(msg: Any, name: str) -> Any:
+    return msg.get_attr(name)
+
+
+def _family(cidr: str) -> int:
+    return socket.AF_INET6 if netaddr.IPNetwork(cidr).version == 6 else socket.AF_INET
+
+
+class HostRouteTables:
+    """Reconciles this host's multinic routing tables and rules."""
+
+    def __init__(self, state_dir: Path, netns: str | None = None) -> None:
+        self.registry = TableRegistry.load(state_dir / "route-tables.json")
+        self.netns = netns
+
+    def _ipr(self) -> IPRoute:
+        if self.netns:
+            return IPRoute(netns=self.netns, flags=0)
+        return IPRoute()
+
+    # ------------------------------------------------------------------ read
+
+    def current_routes(self, table: int) -> dict[str, tuple[str, int]]:
+        """dst -> (gateway, oif) of every route in ``table``."""
+        check_table(table)
+        found: dict[str, tuple[str, int]] = {}
+        with self._ipr() as ipr:
+            for family in (socket.AF_INET, socket.AF_INET6):
+                for msg in ipr.get_routes(family=family, table=table):
+                    if (_attr(msg, "RTA_TABLE") or msg["table"]) != table:
+                        continue
+                    dst = f"{_attr(msg, 'RTA_DST')}/{msg['dst_len']}"
+                    found[str(netaddr.IPNetwork(dst).cidr)] = (
+                        str(_attr(msg, "RTA_GATEWAY") or ""),
+                        int(_attr(msg, "RTA_OIF") or 0),
+                    )
+        return found
+
+    def current_rules(self, table: int) -> list[str]:
+        """Source prefixes of the rules that look up ``table``."""
+        check_table(table)
+        sources = []
+        with self._ipr() as ipr:
+            for family in (socket.AF_INET, socket.AF_INET6):
+                for msg in ipr.get_rules(family=family):
+                    if (_attr(msg, "FRA_TABLE") or msg["table"]) != table:
+                        continue
+                    src = _attr(msg, "FRA_SRC")
+                    if src:
+                        sources.append(f"{src}/{msg['src_len']}")
+        return sources
+
+    # ------------------------------------------------------------- reconcile
+
+    def reconcile(self, network: str, subnet: str, routes: Sequence[HostRoute]) -> RouteSync:
+        """Make ``network``'s table hold exactly ``routes`` and its rule match ``subnet``."""
+        _check_network(network)
+        desired = {r.dst: _check_route(r) for r in routes}
+        if len(desired) != len(routes):
+            raise RouteTableError(f"network {network}: two routes for one destination")
+        if subnet:
+            netaddr.IPNetwork(subnet)  # raises on garbage before anything is changed
+        table = self.registry.table_for(network)
+        check_table(table)
+        current = self.current_routes(table)
+        added: list[str] = []
+        replaced: list[str] = []
+        removed: list[str] = []
+        errors: list[str] = []
+        kept = 0
+        with self._ipr() as ipr:
+            indexes = self._indexes(ipr, {r.device for r in desired.values()})
+            for dst, route in desired.items():
+                oif = indexes.get(route.device)
+                if oif is None:
+                    errors.append(f"{route}: device {route.device} does not exist")
+                    continue
+                have = current.get(dst)
+                if have == (route.gateway, oif):
+                    kept += 1
+                    continue
+                try:
+                    ipr.route(
+                        "replace",
+                        dst=dst,
+                        gateway=route.gateway,
+                        oif=oif,
+                        table=table,
+                        proto=RTPROT_MULTINIC,
+                        family=_family(dst),
+                    )
+                except NetlinkError as e:
+                    errors.append(f"{route}: {e.args[-1] if e.args else e}")
+                    continue
+                (replaced if have else added).append(str(route))
+            for dst in sorted(set(current) - set(desired)):
+                gateway, _ = current[dst]
+                try:
+                    ipr.route("del", dst=dst, table=table, family=_family(dst))
+                except NetlinkError as e:
+                    if e.code != 3:  # ESRCH: already gone
+                        errors.append(f"delete {dst}: {e.args[-1] if e.args else e}")
+                        continue
+                removed.append(f"{dst} via {gateway}")
+        self._reconcile_rule(table, subnet, errors)
+        result = RouteSync(
+            network, table, tuple(added), tuple(replaced), tuple(removed), kept, tuple(errors)
+        )
+        log.log(
+            logging.INFO if result.changed or errors else logging.DEBUG,
+            "routes of network %s: %s",
+            network,
+            result.summary(),
+        )
+        return result
+
+    def remove(self, network: str) -> RouteSync:
+        """Delete ``network``'s routes (one by one) and rule, and free its table id."""
+        _check_network(network)
+        if network not in self.registry.tables:
+            return RouteSync(network, 0)
+        result = self.reconcile(network, "", [])
+        self.registry.release(network)
+        return result
+
+    def networks(self) -> list[str]:
+        return sorted(self.registry.tables)
+
+    def _reconcile_rule(self, table: int, subnet: str, errors: list[str]) -> None:
+        have = self.current_rules(table)
+        want = [str(netaddr.IPNetwork(subnet).cidr)] if subnet else []
+        with self._ipr() as ipr:
+            for src in have:
+                if src in want:
+                    continue
+                try:
+                    ipr.rule(
+                        "del",
+                        table=table,
+                        src=src.split("/")[0],
+                        src_len=int(src.split("/")[1]),
+                        family=_family(src),
+                        priority=RULE_PRIORITY,
+                    )
+                except NetlinkError as e:
+                    errors.append(f"delete rule from {src}: {e.args[-1] if e.args else e}")
+            for src in want:
+                if src in have:
+                    continue
+                address, length = src.split("/")
+                try:
+                    ipr.rule(
+                        "add",
+                        table=table,
+                        src=address,
+                        src_len=int(length),
+                        family=_family(src),
+                        priority=RULE_PRIORITY,
+                    )
+                except NetlinkError as e:
+                    errors.append(f"add rule from {src}: {e.args[-1] if e.args else e}")
+
+    @staticmethod
+    def _indexes(ipr: IPRoute, names: Iterable[str]) -> Mapping[str, int]:
+        found = {}
+        for name in names:
+            index = ipr.link_lookup(ifname=name)
+            if index:
+                found[name] = index[0]
+        return found

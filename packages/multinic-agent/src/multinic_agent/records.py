@@ -1,0 +1,133 @@
+"""Attachment records: what one ADD did, so that DEL, CHECK and GC never re-select.
+
+One small JSON file per attachment in ``<state dir>/attachments/``, written
+atomically (temporary file, fsync, rename, fsync of the directory) before the
+CNI reply.  All records are loaded when the agent starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RECORDS_DIR = "attachments"
+
+
+@dataclass
+class DelegateRecord:
+    """One NIC of an attachment: the delegate that attached it and what it returned."""
+
+    ifname: str
+    """The pod-side name, ``<CNI_IFNAME>-<i>``."""
+    nic: str
+    """The host NIC (``master``)."""
+    binary: str
+    """Path of the delegate executable that ran ADD."""
+    config: dict[str, Any]
+    """The delegate's network config exactly as it was exec'd."""
+    device_id: str = ""
+    result: dict[str, Any] = field(default_factory=dict)
+    """The delegate's own ADD result (its ``prevResult`` for CHECK)."""
+
+
+@dataclass
+class AttachmentRecord:
+    """One pod's attachment to one network (one CNI ADD)."""
+
+    container_id: str
+    ifname: str
+    netns: str
+    network: str
+    cni_version: str
+    ipam_type: str
+    ipam: dict[str, Any]
+    delegates: list[DelegateRecord]
+    addresses: list[str]
+    """Every address given to the pod, ``ADDRESS/PREFIX``, in NIC order."""
+    pod: str = ""
+    namespace: str = ""
+    multipath: list[dict[str, Any]] = field(default_factory=list)
+    """Routes the agent programmed itself: ``{"dst", "nexthops": [{"gw", "dev"}]}``."""
+    result: dict[str, Any] = field(default_factory=dict)
+    """The merged result returned to the runtime."""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.container_id, self.ifname)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> AttachmentRecord:
+        data = json.loads(text)
+        data["delegates"] = [DelegateRecord(**d) for d in data["delegates"]]
+        return cls(**data)
+
+
+class RecordStore:
+    """The node's attachment records, in memory and on disk."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.directory = state_dir / RECORDS_DIR
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._records: dict[tuple[str, str], AttachmentRecord] = {}
+        for path in sorted(self.directory.glob("*.json")):
+            try:
+                record = AttachmentRecord.from_json(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.error("attachment record %s is unreadable and ignored: %s", path, e)
+                continue
+            self._records[record.key] = record
+        for leftover in self.directory.glob("*.tmp"):
+            leftover.unlink(missing_ok=True)
+        log.info("%d attachment records loaded from %s", len(self._records), self.directory)
+
+    def get(self, container_id: str, ifname: str) -> AttachmentRecord | None:
+        return self._records.get((container_id, ifname))
+
+    def of_network(self, network: str) -> list[AttachmentRecord]:
+        return [r for r in self._records.values() if r.network == network]
+
+    def all(self) -> list[AttachmentRecord]:
+        return list(self._records.values())
+
+    def usage(self) -> Counter[str]:
+        """Attachments per host NIC (costOpt / perfOpt)."""
+        return Counter(d.nic for r in self._records.values() for d in r.delegates)
+
+    def put(self, record: AttachmentRecord) -> None:
+        """Write the record durably, then keep it."""
+        path = self._path(*record.key)
+        temporary = path.with_suffix(".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, record.to_json().encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        temporary.replace(path)
+        self._sync_directory()
+        self._records[record.key] = record
+
+    def delete(self, container_id: str, ifname: str) -> None:
+        self._path(container_id, ifname).unlink(missing_ok=True)
+        self._records.pop((container_id, ifname), None)
+
+    def _path(self, container_id: str, ifname: str) -> Path:
+        # Both are validated by the CNI server (no "/" nor ".." can reach here).
+        return self.directory / f"{container_id}_{ifname}.json"
+
+    def _sync_directory(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

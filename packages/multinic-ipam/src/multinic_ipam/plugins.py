@@ -1,0 +1,203 @@
+"""The IPAM plugins of the ``multinic.ipam`` entry-point group (SPEC section 5).
+
+* ``multi-nic-ipam``: one address per selected NIC from this node's IPPool of
+  that NIC, allocated by the agent's :class:`AllocationJournal`.
+* ``multi-config``: a per-NIC IPAM config taken from ``ipam.args[<NIC>]``.
+* ``host-device-ipam``: the pod gets the device's host address and prefix.
+* ``host-local``, ``static``, ``whereabouts``, ``dhcp``: the network's ``ipam``
+  passed unchanged to every NIC's delegate, which runs it.
+
+The agent passes its services in ``IpamRequest.context``: ``allocations``
+(the node's AllocationJournal) and ``pools`` (interface name -> IPPoolSpec of
+this network on this node).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import netaddr
+from pydantic import ValidationError
+
+from multinic_core.errors import ConfigError, PluginError, TryAgainError
+from multinic_core.hookspecs import hookimpl
+from multinic_core.hooktypes import IpamRequest, SelectedNic
+from multinic_core.models import (
+    IpamRoute,
+    IPPoolSpec,
+    MultiNicIpamConfig,
+    describe_validation_error,
+    parse_cidr,
+)
+from multinic_ipam.journal import AllocationJournal, PoolBlock
+
+log = logging.getLogger(__name__)
+
+CONTEXT_JOURNAL = "allocations"
+CONTEXT_POOLS = "pools"
+
+
+def _journal(request: IpamRequest) -> AllocationJournal:
+    journal = request.context.get(CONTEXT_JOURNAL)
+    if not isinstance(journal, AllocationJournal):
+        raise PluginError(
+            "IPAM plugin 'multi-nic-ipam' runs inside the multinic agent: "
+            f"IpamRequest.context[{CONTEXT_JOURNAL!r}] must be the node's AllocationJournal"
+        )
+    return journal
+
+
+def routes_for_nic(
+    routes: Sequence[IpamRoute], on_link: netaddr.IPNetwork, first: bool
+) -> list[dict[str, str]]:
+    """The IPAM routes one NIC's delegate installs.
+
+    A route belongs to a NIC when its gateway is on that NIC's link (inside
+    the NIC's vlanCIDR); a route without a gateway goes to the first NIC only,
+    so that no destination is claimed twice without a reason.
+    """
+    chosen = []
+    for route in routes:
+        if route.gw:
+            gateway = netaddr.IPAddress(route.gw)
+            if gateway.version == on_link.version and gateway in on_link:
+                chosen.append({"dst": route.dst, "gw": route.gw})
+        elif first:
+            chosen.append({"dst": route.dst})
+    return chosen
+
+
+class MultiNicIpam:
+    """``multi-nic-ipam``: addresses for all selected NICs at once, from this node's IPPools."""
+
+    @hookimpl
+    def multinic_ipam_add(self, request: IpamRequest) -> list[dict[str, Any]]:
+        try:
+            config = MultiNicIpamConfig.model_validate(dict(request.ipam))
+        except ValidationError as e:
+            raise ConfigError(f"ipam: {describe_validation_error(e)}") from e
+        pools: Mapping[str, IPPoolSpec] = request.context.get(CONTEXT_POOLS, {})
+        blocks = []
+        for nic in request.nics:
+            spec = pools.get(nic.name)
+            if spec is None:
+                raise TryAgainError(
+                    f"this node has no IPPool of network {request.network.name!r} for "
+                    f"interface {nic.name!r} yet (the operator's plan has not arrived)"
+                )
+            blocks.append(PoolBlock.from_spec(spec))
+        entries = _journal(request).allocate(
+            request.network.name,
+            request.container_id,
+            request.if_name,
+            blocks,
+            pod=request.pod.name,
+            namespace=request.pod.namespace,
+        )
+        dns = config.dns.model_dump(mode="json", exclude_defaults=True) if config.dns else {}
+        sections: list[dict[str, Any]] = []
+        for position, (block, entry) in enumerate(zip(blocks, entries, strict=True)):
+            on_link = parse_cidr(block.vlan_cidr)
+            # The vlanCIDR's prefix (not the pod block's): pods on the same
+            # interface index of every host are then on-link (SPEC 4 step 3).
+            section: dict[str, Any] = {
+                "type": "static",
+                "addresses": [{"address": f"{entry.address}/{on_link.prefixlen}"}],
+                "routes": routes_for_nic(config.routes, on_link, first=position == 0),
+            }
+            if dns:
+                section["dns"] = dns
+            sections.append(section)
+        return sections
+
+    @hookimpl
+    def multinic_ipam_del(self, request: IpamRequest) -> bool:
+        _journal(request).release(request.network.name, request.container_id, request.if_name)
+        return True
+
+
+def _static_address(value: str, nic: SelectedNic) -> dict[str, str]:
+    try:
+        netaddr.IPNetwork(value)
+    except (netaddr.AddrFormatError, ValueError, TypeError) as e:
+        raise ConfigError(f"CNI_ARGS IP={value!r} for {nic.name} is not ADDRESS/PREFIX") from e
+    if "/" not in value:
+        raise ConfigError(f"CNI_ARGS IP={value!r} for {nic.name} needs a prefix length")
+    return {"address": value}
+
+
+class MultiConfigIpam:
+    """``multi-config``: each NIC's delegate runs its own IPAM, configured per NIC.
+
+    ``{"type": "multi-config", "ipam_type": "whereabouts", "args": {"eth1": {...}}}``;
+    static addresses from CNI_ARGS ``IP=`` win, in NIC order.
+    """
+
+    @hookimpl
+    def multinic_ipam_add(self, request: IpamRequest) -> list[dict[str, Any]]:
+        ipam_type = request.ipam.get("ipam_type")
+        if not isinstance(ipam_type, str) or not ipam_type:
+            raise ConfigError(f"ipam.ipam_type must name an IPAM plugin, not {ipam_type!r}")
+        per_nic = request.ipam.get("args") or {}
+        if not isinstance(per_nic, Mapping):
+            raise ConfigError(f"ipam.args must map interface names to IPAM configs: {per_nic!r}")
+        sections: list[dict[str, Any]] = []
+        for position, nic in enumerate(request.nics):
+            if position < len(request.static_ips):
+                address = _static_address(request.static_ips[position], nic)
+                sections.append({"type": "static", "addresses": [address]})
+                continue
+            config = per_nic.get(nic.name)
+            if not isinstance(config, Mapping):
+                raise ConfigError(
+                    f"ipam.args has no IPAM config for interface {nic.name!r} "
+                    f"(has: {', '.join(sorted(per_nic)) or 'none'})"
+                )
+            section = {**copy.deepcopy(dict(config)), "type": ipam_type}
+            if ipam_type == "whereabouts":
+                section.setdefault("network_name", nic.name)
+            sections.append(section)
+        return sections
+
+    @hookimpl
+    def multinic_ipam_del(self, request: IpamRequest) -> bool:
+        # Each delegate's own IPAM releases its address on the delegate's DEL.
+        return True
+
+
+class HostDeviceIpam:
+    """``host-device-ipam``: the pod takes over the device's host address and prefix."""
+
+    @hookimpl
+    def multinic_ipam_add(self, request: IpamRequest) -> list[dict[str, Any]]:
+        sections: list[dict[str, Any]] = []
+        for nic in request.nics:
+            if not nic.host_ip or not nic.net_address:
+                raise ConfigError(
+                    f"host-device-ipam: interface {nic.name!r} has no host address "
+                    f"(hostIP {nic.host_ip!r}, netAddress {nic.net_address!r})"
+                )
+            prefix = parse_cidr(nic.net_address).prefixlen
+            sections.append(
+                {"type": "static", "addresses": [{"address": f"{nic.host_ip}/{prefix}"}]}
+            )
+        return sections
+
+    @hookimpl
+    def multinic_ipam_del(self, request: IpamRequest) -> bool:
+        return True
+
+
+class PassThroughIpam:
+    """A single-NIC IPAM (host-local, static, whereabouts, dhcp) given to every NIC unchanged."""
+
+    @hookimpl
+    def multinic_ipam_add(self, request: IpamRequest) -> list[dict[str, Any]]:
+        return [copy.deepcopy(dict(request.ipam)) for _ in request.nics]
+
+    @hookimpl
+    def multinic_ipam_del(self, request: IpamRequest) -> bool:
+        return True
