@@ -1,0 +1,160 @@
+"""``multinic-operator [--kubeconfig P] [--namespace NS]``: run the operator."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import kopf
+from kubernetes import client
+
+from multinic_core.errors import MultinicError
+from multinic_operator.agent import DEFAULT_AGENT_IMAGE
+from multinic_operator.batching import DEFAULT_WINDOW
+from multinic_operator.handlers import OperatorServices, run_operator
+from multinic_operator.kube import KubeApi, load_client_configuration
+from multinic_operator.leader import LeaderElection
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NAMESPACE = "multinic-system"
+
+
+def connection_info(configuration: client.Configuration) -> kopf.ConnectionInfo:
+    """kopf's credentials from the same client settings the services use."""
+    api_key = configuration.api_key or {}
+    auth = api_key.get("authorization") or api_key.get("BearerToken") or ""
+    token = auth.split(" ", 1)[1] if auth.lower().startswith("bearer ") else auth
+    return kopf.ConnectionInfo(
+        server=str(configuration.host),
+        ca_path=configuration.ssl_ca_cert or None,
+        insecure=not configuration.verify_ssl,
+        username=configuration.username or None,
+        password=configuration.password or None,
+        token=token or None,
+        certificate_path=configuration.cert_file or None,
+        private_key_path=configuration.key_file or None,
+        default_namespace=None,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="multinic-operator",
+        description="Run the multinic operator: CIDR plans, IPPools, NADs, driver objects "
+        "and the agent DaemonSet from MultiNicNetworks and the Config.",
+    )
+    parser.add_argument(
+        "--kubeconfig",
+        default=os.environ.get("KUBECONFIG") or None,
+        help="kubeconfig file (default: in-cluster, then ~/.kube/config)",
+    )
+    parser.add_argument(
+        "--namespace",
+        default=os.environ.get("POD_NAMESPACE", DEFAULT_NAMESPACE),
+        help="namespace of the agent DaemonSet (default: $POD_NAMESPACE or %(default)s)",
+    )
+    parser.add_argument(
+        "--agent-image",
+        default=os.environ.get("MULTINIC_AGENT_IMAGE", DEFAULT_AGENT_IMAGE),
+        help="agent image when the Config names none (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-window",
+        type=float,
+        default=DEFAULT_WINDOW,
+        help="seconds to collect host events before re-planning (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--standalone",
+        action="store_true",
+        help="no leader election (only when exactly one replica runs)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def run_with_leader_election(
+    services: OperatorServices, configuration: client.Configuration, namespace: str
+) -> int:
+    """Wait for the Lease, act while holding it; 1 when leadership was lost."""
+    identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    election = LeaderElection(services.api, namespace, identity)
+    waiting = threading.Event()
+
+    def stop_waiting(signum: int, _frame: Any) -> None:
+        log.info("signal %d while waiting for the Lease: stopping", signum)
+        waiting.set()
+
+    # kopf installs its own handlers once it runs; these cover the wait before.
+    previous = {s: signal.signal(s, stop_waiting) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if not election.acquire(waiting):
+            return 0
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    stop_operator = threading.Event()
+    stop_renewing = threading.Event()
+    lost = threading.Event()
+
+    def on_lost() -> None:
+        lost.set()
+        stop_operator.set()
+
+    election.keep(on_lost, stop_renewing)
+    try:
+        run_operator(
+            services, login=lambda **_: connection_info(configuration), stop_flag=stop_operator
+        )
+    finally:
+        stop_renewing.set()
+        if not lost.is_set():
+            election.release()
+    if lost.is_set():
+        log.error("lost the Lease: stopped acting; exiting so that this replica starts over")
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        configuration = load_client_configuration(args.kubeconfig)
+    except Exception as e:  # the kubernetes client raises several unrelated types here
+        print(f"multinic-operator: cannot load Kubernetes credentials: {e}", file=sys.stderr)
+        return 2
+    api = KubeApi(configuration)
+    services = OperatorServices.create(
+        api, args.namespace, agent_image=args.agent_image, batch_window=args.batch_window
+    )
+    try:
+        if args.standalone:
+            run_operator(
+                services,
+                login=lambda **_: connection_info(configuration),
+                stop_flag=threading.Event(),
+            )
+            return 0
+        return run_with_leader_election(services, configuration, args.namespace)
+    except MultinicError as e:
+        print(f"multinic-operator: {e}", file=sys.stderr)
+        return 1
+    finally:
+        api.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""The kopf handlers: translate Kubernetes events into service calls.
+
+Handlers are thin: they pick what to reconcile and translate errors (a
+transient API error becomes ``kopf.TemporaryError``, retried later).  The
+work is done by plain objects (``NetworkReconciler``, ``AgentDeployer``,
+``ReconcileBatcher``) that tests drive without kopf.
+
+* MultiNicNetwork create/update/resume -> reconcile that network now;
+  delete -> clean up everything made for it, then kopf drops the finalizer.
+* HostInterface changes, Node additions/deletions, new namespaces and Config
+  changes -> a batched reconcile of every network.
+* Config ``multi-nicd`` create/update/resume -> the agent DaemonSet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from multinic_core.errors import ConfigError
+from multinic_core.models import GROUP, VERSION, Config
+from multinic_core.plugins import PluginRegistry
+from multinic_operator.agent import DEFAULT_AGENT_IMAGE, AgentDeployer
+from multinic_operator.batching import DEFAULT_WINDOW, ReconcileBatcher
+from multinic_operator.kube import KubeApi, KubeApiError
+from multinic_operator.reconciler import NetworkReconciler
+
+log = logging.getLogger(__name__)
+
+FINALIZER = "multinic.fms.io/cleanup"
+COMPONENT = "multinic-operator"
+RETRY_DELAY = 5.0
+RESYNC_SECONDS = 300.0
+
+
+@dataclass
+class OperatorServices:
+    """The service objects the handlers call; built once per operator process."""
+
+    api: KubeApi
+    namespace: str
+    reconciler: NetworkReconciler
+    deployer: AgentDeployer
+    batcher: ReconcileBatcher
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    def create(
+        cls,
+        api: KubeApi,
+        namespace: str,
+        *,
+        agent_image: str = DEFAULT_AGENT_IMAGE,
+        batch_window: float = DEFAULT_WINDOW,
+        registry: PluginRegistry | None = None,
+    ) -> OperatorServices:
+        reconciler = NetworkReconciler(api, registry)
+        return cls(
+            api=api,
+            namespace=namespace,
+            reconciler=reconciler,
+            deployer=AgentDeployer(api, namespace, agent_image),
+            batcher=ReconcileBatcher(reconciler.reconcile_many, window=batch_window),
+        )
+
+
+def configure(settings: kopf.OperatorSettings) -> kopf.OperatorSettings:
+    """Operator settings: our finalizer and annotations, posting, no kopf peering.
+
+    Progress and diff-base go to annotations (the status schema is the API's,
+    not kopf's).  Replicas are kept apart by the Lease (``leader.py``), which,
+    unlike kopf's peering, never lets two replicas act while they discover
+    each other.
+    """
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix="multinic.fms.io"
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="multinic.fms.io", key="last-handled-configuration"
+    )
+    # Warnings and handler failures show up in `kubectl describe` of the object.
+    settings.posting.loggers = True
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = COMPONENT
+    settings.watching.server_timeout = 300
+    settings.peering.standalone = True
+    return settings
+
+
+def _retry(error: KubeApiError) -> kopf.TemporaryError:
+    return kopf.TemporaryError(str(error), delay=RETRY_DELAY)
+
+
+def build_registry(services: OperatorServices) -> kopf.OperatorRegistry:
+    """A kopf registry with every handler of the operator, bound to ``services``."""
+    registry = kopf.OperatorRegistry()
+    _register_lifecycle(registry, services)
+    _register_networks(registry, services.reconciler)
+    _register_cluster_events(registry, services.batcher)
+    _register_config(registry, services)
+    return registry
+
+
+def _register_lifecycle(registry: kopf.OperatorRegistry, services: OperatorServices) -> None:
+    @kopf.on.startup(registry=registry)
+    async def start(**_: Any) -> None:
+        try:
+            await asyncio.to_thread(services.deployer.ensure_default_config)
+        except KubeApiError as e:
+            raise _retry(e) from e
+        services.tasks.append(asyncio.create_task(services.batcher.run(), name="multinic-batcher"))
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop(**_: Any) -> None:
+        for task in services.tasks:
+            task.cancel()
+        for task in services.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        services.tasks.clear()
+
+
+def _register_networks(registry: kopf.OperatorRegistry, reconciler: NetworkReconciler) -> None:
+    @kopf.on.resume(GROUP, VERSION, "multinicnetworks", registry=registry)
+    @kopf.on.create(GROUP, VERSION, "multinicnetworks", registry=registry)
+    @kopf.on.update(GROUP, VERSION, "multinicnetworks", registry=registry)
+    async def network_changed(name: str, **_: Any) -> None:
+        try:
+            result = await asyncio.to_thread(reconciler.reconcile, name)
+        except KubeApiError as e:
+            if e.transient:
+                raise _retry(e) from e
+            raise kopf.PermanentError(str(e)) from e
+        if result is not None:
+            log.info(
+                "network %s reconciled: %s, %d write(s)",
+                name,
+                result.config_status,
+                result.writes,
+            )
+
+    @kopf.timer(
+        GROUP,
+        VERSION,
+        "multinicnetworks",
+        interval=RESYNC_SECONDS,
+        initial_delay=RESYNC_SECONDS,
+        idle=RESYNC_SECONDS,
+        registry=registry,
+    )
+    async def network_resync(name: str, **_: Any) -> None:
+        # Objects changed behind the operator's back (a pool deleted by hand)
+        # raise no event it watches; a periodic level check puts them back.
+        try:
+            await asyncio.to_thread(reconciler.reconcile, name)
+        except KubeApiError as e:
+            log.warning("network %s: periodic resync failed: %s", name, e)
+
+    @kopf.on.delete(GROUP, VERSION, "multinicnetworks", registry=registry)
+    async def network_deleted(name: str, **_: Any) -> None:
+        try:
+            await asyncio.to_thread(reconciler.cleanup, name)
+        except KubeApiError as e:
+            raise _retry(e) from e
+
+
+def host_digest(body: Mapping[str, Any]) -> str:
+    """What of a HostInterface a plan or a status depends on, as a comparable string.
+
+    Agents rewrite their status often (a new ``lastSyncTime`` per route sync);
+    only a change of the NICs, the labels or a route result is worth a re-plan.
+    """
+    status = body.get("status") or {}
+    routes = sorted(
+        (r.get("network"), r.get("status"), r.get("message"), r.get("cidrGeneration"))
+        for r in status.get("routes") or []
+        if isinstance(r, Mapping)
+    )
+    relevant = {
+        "labels": (body.get("metadata") or {}).get("labels") or {},
+        "spec": body.get("spec") or {},
+        "routes": routes,
+    }
+    return json.dumps(relevant, sort_keys=True, default=str)
+
+
+def _register_cluster_events(registry: kopf.OperatorRegistry, batcher: ReconcileBatcher) -> None:
+    seen: dict[str, str] = {}
+
+    @kopf.on.event(GROUP, VERSION, "hostinterfaces", registry=registry)
+    async def host_interface_event(type: str | None, name: str, body: kopf.Body, **_: Any) -> None:
+        if type == "DELETED":
+            seen.pop(name, None)
+            batcher.request()
+            return
+        digest = host_digest(body)
+        if seen.get(name) != digest:
+            seen[name] = digest
+            batcher.request()
+
+    @kopf.on.event("", "v1", "nodes", registry=registry)
+    async def node_event(type: str | None, **_: Any) -> None:
+        # Node heartbeats (MODIFIED) change nothing a plan depends on.
+        if type in (None, "ADDED", "DELETED"):
+            batcher.request()
+
+    @kopf.on.event("", "v1", "namespaces", registry=registry)
+    async def namespace_event(type: str | None, **_: Any) -> None:
+        if type in (None, "ADDED"):
+            batcher.request()
+
+    # The host-device driver takes its NAD resource name from the NVIDIA
+    # Network Operator's policy (watched only where that CRD is installed).
+    @kopf.on.event("mellanox.com", "v1alpha1", "nicclusterpolicies", registry=registry)
+    async def nic_cluster_policy_event(**_: Any) -> None:
+        batcher.request()
+
+
+def _is_default_config(name: str, **_: Any) -> bool:
+    return name == Config.DEFAULT_NAME
+
+
+def _register_config(registry: kopf.OperatorRegistry, services: OperatorServices) -> None:
+    @kopf.on.resume(GROUP, VERSION, "configs", when=_is_default_config, registry=registry)
+    @kopf.on.create(GROUP, VERSION, "configs", when=_is_default_config, registry=registry)
+    @kopf.on.update(GROUP, VERSION, "configs", when=_is_default_config, registry=registry)
+    async def config_changed(body: kopf.Body, **_: Any) -> None:
+        try:
+            await asyncio.to_thread(services.deployer.apply, dict(body))
+        except ConfigError as e:
+            raise kopf.PermanentError(str(e)) from e
+        except KubeApiError as e:
+            raise _retry(e) from e
+        # cniType and the daemon port are part of every NAD.
+        services.batcher.request()
+
+    @kopf.on.event(GROUP, VERSION, "configs", when=_is_default_config, registry=registry)
+    async def config_event(type: str | None, **_: Any) -> None:
+        # The agents cannot be configured without it: put the defaults back.
+        if type == "DELETED":
+            try:
+                await asyncio.to_thread(services.deployer.ensure_default_config)
+            except KubeApiError as e:
+                log.warning("could not recreate the default Config: %s", e)
+
+
+def run_operator(
+    services: OperatorServices,
+    *,
+    login: Any,
+    stop_flag: threading.Event,
+    ready_flag: threading.Event | None = None,
+) -> None:
+    """Run the operator until ``stop_flag`` is set or a signal stops kopf (blocking).
+
+    Owns an event loop.  kopf waits for a ``threading.Event`` in an executor
+    thread, so the flag is set on the way out: otherwise that thread (and the
+    process) would wait forever after a stop by signal.
+    """
+    registry = build_registry(services)
+    kopf.on.login(registry=registry)(login)
+    settings = configure(kopf.OperatorSettings())
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(
+            kopf.operator(
+                registry=registry,
+                settings=settings,
+                standalone=True,
+                clusterwide=True,
+                stop_flag=stop_flag,
+                ready_flag=ready_flag,
+            )
+        )
+    finally:
+        stop_flag.set()
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()

@@ -1,0 +1,387 @@
+"""The operator's Kubernetes API access: one small REST client for every kind.
+
+The service objects read and write plain JSON dicts through ``KubeApi``; the
+resource path of a kind comes from a table of the kinds the operator knows
+(and from API discovery for a driver's kinds).  Every request is counted by
+verb, so tests and the benchmark can tell how much API work a change costs.
+
+Errors: a missing object is ``None`` from ``get`` (and ignored by
+``delete``); everything else raises ``KubeApiError``, whose ``transient``
+says whether to retry later (409, 429, 5xx, timeouts, connection errors).
+An API error is never mistaken for absence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import urllib3.exceptions
+from kubernetes import client
+from kubernetes import config as kube_config
+
+from multinic_core.errors import MultinicError
+
+# The kubernetes client is only partly annotated; its loaders are used untyped.
+config: Any = kube_config
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "multinic-operator/0.1.0"
+MERGE_PATCH = "application/merge-patch+json"
+TRANSIENT_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+DEFAULT_TIMEOUT = 30.0
+
+
+class KubeApiError(MultinicError):
+    """A request to the Kubernetes API failed (``status`` 0 = no HTTP answer)."""
+
+    def __init__(self, verb: str, what: str, status: int, detail: str) -> None:
+        self.verb = verb
+        self.what = what
+        self.status = status
+        self.detail = detail
+        answer = f"HTTP {status}" if status else "no answer"
+        super().__init__(f"{verb} {what}: {answer}: {detail}")
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying later: a conflict, throttling, a server error or no answer."""
+        return self.status == 0 or self.status in TRANSIENT_STATUSES
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+
+@dataclass(frozen=True)
+class ResourceKind:
+    """Where objects of one kind live in the API's URL space."""
+
+    api_version: str
+    kind: str
+    plural: str
+    namespaced: bool
+
+    def collection(self, namespace: str | None = None) -> str:
+        base = (
+            f"/api/{self.api_version}"
+            if "/" not in self.api_version
+            else (f"/apis/{self.api_version}")
+        )
+        if self.namespaced and namespace:
+            return f"{base}/namespaces/{quote(namespace, safe='')}/{self.plural}"
+        return f"{base}/{self.plural}"
+
+    def item(self, name: str, namespace: str | None = None) -> str:
+        return f"{self.collection(namespace)}/{quote(name, safe='')}"
+
+    def describe(self, name: str = "", namespace: str | None = None) -> str:
+        where = f"{namespace}/" if namespace else ""
+        return f"{self.kind} {where}{name}".rstrip()
+
+
+KNOWN_KINDS: tuple[ResourceKind, ...] = (
+    ResourceKind("v1", "Namespace", "namespaces", namespaced=False),
+    ResourceKind("v1", "Node", "nodes", namespaced=False),
+    ResourceKind("v1", "ServiceAccount", "serviceaccounts", namespaced=True),
+    ResourceKind("apps/v1", "DaemonSet", "daemonsets", namespaced=True),
+    ResourceKind("multinic.fms.io/v1", "MultiNicNetwork", "multinicnetworks", namespaced=False),
+    ResourceKind("multinic.fms.io/v1", "CIDR", "cidrs", namespaced=False),
+    ResourceKind("multinic.fms.io/v1", "IPPool", "ippools", namespaced=False),
+    ResourceKind("multinic.fms.io/v1", "HostInterface", "hostinterfaces", namespaced=False),
+    ResourceKind("multinic.fms.io/v1", "Config", "configs", namespaced=False),
+    ResourceKind("multinic.fms.io/v1", "DeviceClass", "deviceclasses", namespaced=False),
+    ResourceKind(
+        "k8s.cni.cncf.io/v1",
+        "NetworkAttachmentDefinition",
+        "network-attachment-definitions",
+        namespaced=True,
+    ),
+)
+
+
+def load_client_configuration(kubeconfig: str | None = None) -> client.Configuration:
+    """Client settings from ``kubeconfig``, else in-cluster, else the default kubeconfig."""
+    configuration = client.Configuration()
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        return configuration
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        config.load_kube_config(client_configuration=configuration)
+    return configuration
+
+
+class KubeApi:
+    """Synchronous JSON access to the API; thread-safe (one connection pool)."""
+
+    def __init__(
+        self, configuration: client.Configuration, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, 16)
+        self.configuration = configuration
+        self.api_client: Any = client.ApiClient(configuration)
+        self.api_client.user_agent = USER_AGENT
+        self.timeout = timeout
+        self._kinds: dict[tuple[str, str], ResourceKind] = {
+            (k.api_version, k.kind): k for k in KNOWN_KINDS
+        }
+        self._lock = threading.Lock()
+        self.requests: Counter[str] = Counter()
+        """Requests made, by verb (get, list, create, patch, delete)."""
+
+    @classmethod
+    def from_kubeconfig(cls, kubeconfig: str | None = None) -> KubeApi:
+        return cls(load_client_configuration(kubeconfig))
+
+    def close(self) -> None:
+        self.api_client.close()
+
+    @property
+    def writes(self) -> int:
+        """Number of create, patch and delete requests made so far."""
+        with self._lock:
+            return sum(self.requests[v] for v in ("create", "patch", "update", "delete"))
+
+    # ------------------------------------------------------------------ kinds
+
+    def kind(self, api_version: str, kind: str) -> ResourceKind:
+        """The resource of ``kind``; unknown kinds are looked up by API discovery."""
+        key = (api_version, kind)
+        found = self._kinds.get(key)
+        if found is not None:
+            return found
+        base = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
+        try:
+            listing = self._request("get", "GET", base, what=f"API discovery of {api_version}")
+        except KubeApiError as e:
+            if e.status == 404:
+                raise KubeApiError(
+                    "discover", f"{kind} in {api_version}", 404, "API group is not served"
+                ) from e
+            raise
+        for resource in listing.get("resources", []) if isinstance(listing, dict) else []:
+            if resource.get("kind") == kind and "/" not in resource.get("name", ""):
+                found = ResourceKind(api_version, kind, resource["name"], resource["namespaced"])
+                self._kinds[key] = found
+                return found
+        raise KubeApiError("discover", f"{kind} in {api_version}", 404, "kind is not served")
+
+    # ------------------------------------------------------------------ verbs
+
+    def get(
+        self, api_version: str, kind: str, name: str, namespace: str | None = None
+    ) -> dict[str, Any] | None:
+        """The object, or ``None`` when it does not exist (HTTP 404)."""
+        rk = self.kind(api_version, kind)
+        try:
+            obj: dict[str, Any] = self._request(
+                "get", "GET", rk.item(name, namespace), what=rk.describe(name, namespace)
+            )
+        except KubeApiError as e:
+            if e.status == 404:
+                return None
+            raise
+        return obj
+
+    def list(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None = None,
+        *,
+        label_selector: str = "",
+        field_selector: str = "",
+    ) -> list[dict[str, Any]]:
+        """Every matching object (all namespaces when ``namespace`` is None)."""
+        return list(
+            self.iterate(
+                api_version,
+                kind,
+                namespace,
+                label_selector=label_selector,
+                field_selector=field_selector,
+            )
+        )
+
+    def iterate(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None = None,
+        *,
+        label_selector: str = "",
+        field_selector: str = "",
+        page: int = 500,
+    ) -> Iterator[dict[str, Any]]:
+        rk = self.kind(api_version, kind)
+        query: dict[str, str] = {"limit": str(page)}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
+        while True:
+            answer = self._request(
+                "list", "GET", rk.collection(namespace), query=query, what=f"{rk.kind} list"
+            )
+            for item in answer.get("items") or []:
+                # List items carry no apiVersion/kind; drivers and models expect them.
+                item.setdefault("apiVersion", api_version)
+                item.setdefault("kind", kind)
+                yield item
+            token = (answer.get("metadata") or {}).get("continue")
+            if not token:
+                return
+            query["continue"] = token
+
+    def create(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        rk, name, namespace = self._identify(body)
+        obj: dict[str, Any] = self._request(
+            "create",
+            "POST",
+            rk.collection(namespace),
+            body=dict(body),
+            what=rk.describe(name, namespace),
+        )
+        return obj
+
+    def patch(
+        self,
+        api_version: str,
+        kind: str,
+        name: str,
+        patch: Mapping[str, Any],
+        namespace: str | None = None,
+        *,
+        status: bool = False,
+    ) -> dict[str, Any]:
+        """A JSON merge patch; put ``metadata.resourceVersion`` in it to guard a change."""
+        rk = self.kind(api_version, kind)
+        path = rk.item(name, namespace) + ("/status" if status else "")
+        obj: dict[str, Any] = self._request(
+            "patch",
+            "PATCH",
+            path,
+            body=dict(patch),
+            content_type=MERGE_PATCH,
+            what=rk.describe(name, namespace) + (" status" if status else ""),
+        )
+        return obj
+
+    def delete(
+        self,
+        api_version: str,
+        kind: str,
+        name: str,
+        namespace: str | None = None,
+        *,
+        resource_version: str | None = None,
+    ) -> bool:
+        """Delete the object; False when it was already gone.
+
+        With ``resource_version`` the delete only happens if the object did not
+        change since it was read (a precondition, 409 otherwise).
+        """
+        rk = self.kind(api_version, kind)
+        body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        if resource_version:
+            body["preconditions"] = {"resourceVersion": resource_version}
+        try:
+            self._request(
+                "delete",
+                "DELETE",
+                rk.item(name, namespace),
+                body=body,
+                what=rk.describe(name, namespace),
+            )
+        except KubeApiError as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+    # ------------------------------------------------------------------ transport
+
+    def _identify(self, body: Mapping[str, Any]) -> tuple[ResourceKind, str, str | None]:
+        meta = body.get("metadata") or {}
+        rk = self.kind(str(body["apiVersion"]), str(body["kind"]))
+        return rk, str(meta.get("name", "")), meta.get("namespace") if rk.namespaced else None
+
+    def _request(
+        self,
+        verb: str,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        with self._lock:
+            self.requests[verb] += 1
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        try:
+            serialized = self.api_client.param_serialize(
+                method,
+                path,
+                query_params=list((query or {}).items()),
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            response = self.api_client.call_api(*serialized[:5], _request_timeout=self.timeout)
+            data: bytes = response.read()
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise KubeApiError(verb, what, 0, f"{type(e).__name__}: {e}") from e
+        if not 200 <= response.status <= 299:
+            raise KubeApiError(verb, what, response.status, _status_message(data))
+        return json.loads(data) if data else {}
+
+
+def _status_message(data: bytes | None) -> str:
+    """The ``message`` of a Status answer, else the start of the body."""
+    text = (data or b"").decode("utf-8", "replace")
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return text[:200]
+    if isinstance(parsed, dict) and parsed.get("message"):
+        return str(parsed["message"])
+    return text[:200]
+
+
+class ApiClusterReader:
+    """``multinic_core.hooktypes.ClusterReader`` over the live API, for drivers."""
+
+    def __init__(self, api: KubeApi) -> None:
+        self.api = api
+
+    def get(
+        self, api_version: str, kind: str, name: str, namespace: str | None = None
+    ) -> dict[str, Any] | None:
+        try:
+            return self.api.get(api_version, kind, name, namespace)
+        except KubeApiError as e:
+            # A kind that is not served (its operator is not installed) has no objects.
+            if e.verb == "discover" and e.status == 404:
+                return None
+            raise
+
+    def list(
+        self, api_version: str, kind: str, namespace: str | None = None
+    ) -> list[dict[str, Any]]:
+        try:
+            return self.api.list(api_version, kind, namespace)
+        except KubeApiError as e:
+            if e.verb == "discover" and e.status == 404:
+                return []
+            raise

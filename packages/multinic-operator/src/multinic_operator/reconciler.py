@@ -1,0 +1,532 @@
+"""The network service: make a MultiNicNetwork's dependent objects match it.
+
+``NetworkReconciler.reconcile(name)`` is level-based: it reads the network,
+the hosts (HostInterfaces whose Node exists), the previous CIDR plan and what
+exists of the network's IPPools, NADs and driver objects, computes what should
+exist (``multinic_operator.desired``), writes only the difference, and writes
+the status.  It is called by the kopf handlers (network created, changed,
+resumed) and by the batched host/namespace/Config events; reconciles are
+serialised by one lock, so two never interleave and each plans from a host
+list read after the previous one was written.
+
+Nothing is deleted unless everything it depends on was read successfully: an
+API error aborts the reconcile before any delete (the caller retries later).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from multinic_core.errors import ConfigError, MultinicError, PlanError, PluginError
+from multinic_core.hooktypes import DependentObject
+from multinic_core.models import (
+    API_VERSION,
+    CIDR,
+    Config,
+    HostInterface,
+    MultiNicNetwork,
+    load_resource,
+)
+from multinic_core.nad import GENERATED_LABEL, NAD_API_VERSION, NAD_KIND, nad_object
+from multinic_core.planner import (
+    PlanResult,
+    cidr_object,
+    cidr_processed,
+    compute_results,
+    plan_cidrs,
+    pool_excludes,
+)
+from multinic_core.plugins import MainPlugin, PluginRegistry
+from multinic_operator.desired import (
+    DEPENDENT_KINDS_ANNOTATION,
+    DEPENDENT_LABEL,
+    POOL_NETWORK_LABEL,
+    cidr_spec_patch,
+    dependent_body,
+    dependent_patch,
+    desired_pools,
+    kind_key,
+    nad_patch,
+    owned_by,
+    pool_patch,
+    recorded_kinds,
+)
+from multinic_operator.kube import ApiClusterReader, KubeApi, KubeApiError
+from multinic_operator.status import (
+    RouteSummary,
+    StatusInputs,
+    failed_status,
+    now,
+    route_summary,
+    status_patch,
+    success_status,
+)
+
+log = logging.getLogger(__name__)
+
+NETWORK = (API_VERSION, "MultiNicNetwork")
+CONFLICT_RETRIES = 3
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class HostSnapshot:
+    """The hosts as read at one moment: HostInterfaces whose Node exists.
+
+    A HostInterface whose Node is gone (NotFound) is not a host; a failed
+    read raises instead, so a host never leaves a plan because of an API error.
+    """
+
+    hosts: list[HostInterface]
+    nodes: frozenset[str]
+
+    @property
+    def by_name(self) -> dict[str, HostInterface]:
+        return {h.spec.host_name or h.name: h for h in self.hosts}
+
+
+@dataclass
+class ReconcileResult:
+    """What one reconcile did (for logs, tests and the benchmark)."""
+
+    network: str
+    config_status: str = ""
+    writes: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+class NetworkReconciler:
+    """Reconciles MultiNicNetworks against the API (plain object, no kopf)."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        registry: PluginRegistry | None = None,
+        *,
+        config_name: str = Config.DEFAULT_NAME,
+        workers: int = 8,
+    ) -> None:
+        self.api = api
+        self.registry = registry if registry is not None else PluginRegistry()
+        self.config_name = config_name
+        self.reader = ApiClusterReader(api)
+        # One reconcile at a time: each reads the hosts inside the lock, so a
+        # plan is never computed from a host list older than the last one
+        # written (which would drop a host that just joined).
+        self._lock = threading.RLock()
+        self._workers = workers
+
+    # ------------------------------------------------------------------ entry points
+
+    def network_names(self) -> list[str]:
+        return sorted(o["metadata"]["name"] for o in self.api.list(*NETWORK))
+
+    def read_hosts(self) -> HostSnapshot:
+        """HostInterfaces whose Node exists (both lists must be read successfully)."""
+        nodes = frozenset(n["metadata"]["name"] for n in self.api.iterate("v1", "Node"))
+        hosts: list[HostInterface] = []
+        for body in self.api.iterate(API_VERSION, "HostInterface"):
+            try:
+                host = HostInterface.model_validate(body)
+            except ValueError as e:
+                log.warning("ignoring invalid HostInterface %s: %s", body["metadata"]["name"], e)
+                continue
+            if (host.spec.host_name or host.name) in nodes:
+                hosts.append(host)
+        return HostSnapshot(hosts, nodes)
+
+    def reconcile(self, name: str, snapshot: HostSnapshot | None = None) -> ReconcileResult | None:
+        """Bring network ``name`` up to date; None when it is gone or being deleted.
+
+        ``snapshot`` must have been read while holding the reconcile lock
+        (``reconcile_many`` does); by default the hosts are read now.
+        """
+        with self._lock:
+            body = self.api.get(*NETWORK, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return None
+            return self._reconcile(body, snapshot)
+
+    def reconcile_many(self, names: Iterable[str] | None = None) -> list[ReconcileResult]:
+        """Reconcile several networks (all when ``names`` is None) with one host read.
+
+        Every network is tried; the first error is raised after all were tried.
+        """
+        with self._lock:
+            wanted = self.network_names() if names is None else sorted(set(names))
+            if not wanted:
+                return []
+            snapshot = self.read_hosts()
+            results: list[ReconcileResult] = []
+            first_error: MultinicError | None = None
+            for name in wanted:
+                try:
+                    result = self.reconcile(name, snapshot)
+                except MultinicError as e:
+                    log.warning("network %s: %s", name, e)
+                    first_error = first_error or e
+                    continue
+                if result is not None:
+                    results.append(result)
+        if first_error is not None:
+            raise first_error
+        return results
+
+    def cleanup(self, name: str) -> None:
+        """Delete everything made for network ``name`` (before its finalizer goes)."""
+        with self._lock:
+            body = self.api.get(*NETWORK, name)
+            if body is None:
+                return
+            network = _network_or_none(body)
+            for pool in self.api.list(
+                API_VERSION, "IPPool", label_selector=f"{POOL_NETWORK_LABEL}={name}"
+            ):
+                self.api.delete(API_VERSION, "IPPool", pool["metadata"]["name"])
+            for nad in self._existing_nads(name):
+                if network is None or owned_by(nad, network):
+                    meta = nad["metadata"]
+                    self.api.delete(NAD_API_VERSION, NAD_KIND, meta["name"], meta["namespace"])
+            for api_version, kind in recorded_kinds(body):
+                for obj in self._existing_dependents(api_version, kind, name):
+                    meta = obj["metadata"]
+                    self.api.delete(api_version, kind, meta["name"], meta.get("namespace"))
+            self.api.delete(API_VERSION, "CIDR", name)
+            log.info("network %s: cleaned up its CIDR, IPPools, NADs and driver objects", name)
+
+    # ------------------------------------------------------------------ one network
+
+    def _reconcile(self, body: dict[str, Any], snapshot: HostSnapshot | None) -> ReconcileResult:
+        name = body["metadata"]["name"]
+        writes_before = self.api.writes
+        result = ReconcileResult(network=name)
+        try:
+            network = load_resource(MultiNicNetwork, body)
+        except ConfigError as e:
+            return self._fail(body, result, str(e), "InvalidSpec")
+        try:
+            driver = self.registry.main_plugin(network.spec.plugin.type)
+        except PluginError as e:
+            return self._fail(body, result, str(e), "DriverMissing")
+        snapshot = snapshot if snapshot is not None else self.read_hosts()
+        try:
+            outcome = self._apply(body, network, driver, snapshot)
+        except (ConfigError, PlanError, PluginError) as e:
+            return self._fail(body, result, str(e), "InvalidConfig")
+        except KubeApiError as e:
+            if e.transient:
+                raise
+            # Refused by the API (a schema, a kind not served...): the user has to act.
+            return self._fail(body, result, str(e), "Refused")
+        status = success_status(outcome).to_dict()
+        self._write_status(body, status)
+        result.config_status = "Success"
+        result.problems = outcome.problems
+        result.writes = self.api.writes - writes_before
+        return result
+
+    def _fail(
+        self, body: dict[str, Any], result: ReconcileResult, message: str, reason: str
+    ) -> ReconcileResult:
+        log.warning("network %s: %s", result.network, message)
+        generation = body["metadata"].get("generation")
+        self._write_status(body, failed_status(body.get("status"), generation, message, reason))
+        result.config_status = "Failed"
+        result.problems = [message]
+        return result
+
+    def _write_status(self, body: dict[str, Any], status: Mapping[str, Any]) -> None:
+        patch = status_patch(body.get("status"), status, now())
+        if patch is None:
+            return
+        self.api.patch(*NETWORK, body["metadata"]["name"], {"status": patch}, status=True)
+
+    def _apply(
+        self,
+        body: dict[str, Any],
+        network: MultiNicNetwork,
+        driver: MainPlugin,
+        snapshot: HostSnapshot,
+    ) -> StatusInputs:
+        hosts = snapshot.hosts
+        attachment = driver.network_attachment(network, self.reader)
+        dependents = driver.dependent_objects(network, hosts, self.reader)
+        config = self._config()
+        inputs = StatusInputs(network=network)
+        wanted = set(network.spec.master_nets)
+        inputs.exist_daemon = sum(1 for h in hosts if not h.unmanaged)
+        inputs.info_available = sum(
+            1
+            for h in hosts
+            if any(
+                n.net_address and (not wanted or n.net_address in wanted) for n in h.spec.interfaces
+            )
+        )
+        cidr_generation: int | None = None
+        planned: set[str] = set()
+        if network.spec.multi_nic_ipam_config is not None:
+            cidr = self.api.get(API_VERSION, "CIDR", network.name)
+            previous = None
+            if cidr is not None:
+                previous = load_resource(CIDR, cidr, f"CIDR {network.name}").spec
+            plan = plan_cidrs(network, hosts, previous)
+            cidr = self._apply_cidr(network, plan, cidr)
+            cidr_generation = cidr["metadata"].get("generation")
+            self._apply_pools(network.name, plan)
+            inputs.compute_results = compute_results(plan.spec)
+            inputs.cidr_processed = cidr_processed(plan.spec)
+            inputs.problems.extend(str(p) for p in plan.problems if p.kind != "nic-missing")
+            planned = {h.host_name for e in plan.spec.cidr for h in e.hosts}
+        else:
+            # Not (or no longer) a multi-nic-ipam network: no plan, no pools.
+            self._apply_pools(network.name, None)
+            if self.api.get(API_VERSION, "CIDR", network.name) is not None:
+                self.api.delete(API_VERSION, "CIDR", network.name)
+        inputs.problems.extend(self._apply_nads(network, attachment, config))
+        self._apply_dependents(body, network, dependents)
+        inputs.routes = (
+            route_summary(network, planned, snapshot.by_name, cidr_generation)
+            if network.spec.multi_nic_ipam_config is not None
+            else RouteSummary("N/A")
+        )
+        return inputs
+
+    def _config(self) -> Config | None:
+        body = self.api.get(API_VERSION, "Config", self.config_name)
+        if body is None:
+            return None
+        try:
+            return load_resource(Config, body)
+        except ConfigError as e:
+            log.warning("ignoring invalid Config %s: %s", self.config_name, e)
+            return None
+
+    # ------------------------------------------------------------------ CIDR
+
+    def _apply_cidr(
+        self, network: MultiNicNetwork, plan: PlanResult, existing: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        desired = cidr_object(network, plan).to_dict()
+        status = desired.pop("status", None) or {"problems": []}
+        if existing is None:
+            stored = self.api.create(desired)
+            log.info("network %s: created CIDR plan", network.name)
+        else:
+            stored = existing
+            patch = cidr_spec_patch(existing, plan.spec)
+            if patch is not None:
+                stored = self.api.patch(API_VERSION, "CIDR", network.name, patch)
+                log.info("network %s: updated CIDR plan", network.name)
+        if ((stored.get("status") or {}).get("problems") or []) != status["problems"]:
+            stored = self.api.patch(
+                API_VERSION, "CIDR", network.name, {"status": status}, status=True
+            )
+        return stored
+
+    # ------------------------------------------------------------------ IPPools
+
+    def _apply_pools(self, network_name: str, plan: PlanResult | None) -> None:
+        existing = {
+            p["metadata"]["name"]: p
+            for p in self.api.list(
+                API_VERSION, "IPPool", label_selector=f"{POOL_NETWORK_LABEL}={network_name}"
+            )
+        }
+        desired: dict[str, dict[str, Any]] = {}
+        if plan is not None:
+            desired = desired_pools(network_name, plan.spec, pool_excludes(plan.spec))
+        creates = [body for name, body in desired.items() if name not in existing]
+        updates = [(existing[n], body) for n, body in desired.items() if n in existing]
+        stale = [name for name in existing if name not in desired]
+        self._parallel(self._create_pool, creates)
+        for have, want in updates:
+            self._update_pool(have, want)
+        self._parallel(lambda n: self.api.delete(API_VERSION, "IPPool", n), stale)
+        if creates or stale:
+            log.info(
+                "network %s: %d IPPool(s) created, %d deleted",
+                network_name,
+                len(creates),
+                len(stale),
+            )
+
+    def _create_pool(self, body: dict[str, Any]) -> None:
+        try:
+            self.api.create(body)
+        except KubeApiError as e:
+            if not e.conflict:
+                raise
+            # A pool of that name exists without our label (e.g. the predecessor's): adopt it.
+            self._update_pool(None, body)
+
+    def _update_pool(self, existing: dict[str, Any] | None, desired: dict[str, Any]) -> None:
+        name = desired["metadata"]["name"]
+        for _ in range(CONFLICT_RETRIES):
+            if existing is None:
+                existing = self.api.get(API_VERSION, "IPPool", name)
+                if existing is None:
+                    self.api.create(desired)
+                    return
+            patch = pool_patch(existing, desired)
+            if patch is None:
+                return
+            try:
+                self.api.patch(API_VERSION, "IPPool", name, patch)
+                return
+            except KubeApiError as e:
+                if not e.conflict:
+                    raise
+                # The agent wrote allocations meanwhile: re-read, keep them, try again.
+                existing = None
+        raise KubeApiError("patch", f"IPPool {name}", 409, "kept conflicting with other writers")
+
+    # ------------------------------------------------------------------ NADs
+
+    def _existing_nads(self, name: str) -> list[dict[str, Any]]:
+        return self.api.list(
+            NAD_API_VERSION,
+            NAD_KIND,
+            label_selector=f"{GENERATED_LABEL}=true",
+            field_selector=f"metadata.name={name}",
+        )
+
+    def _target_namespaces(self, network: MultiNicNetwork) -> list[str]:
+        if network.spec.namespaces:
+            return sorted(set(network.spec.namespaces))
+        return sorted(
+            ns["metadata"]["name"]
+            for ns in self.api.iterate("v1", "Namespace")
+            if (ns.get("status") or {}).get("phase") != "Terminating"
+            and not ns["metadata"].get("deletionTimestamp")
+        )
+
+    def _apply_nads(
+        self, network: MultiNicNetwork, attachment: Any, config: Config | None
+    ) -> list[str]:
+        """Create/update the NAD in every target namespace, delete it elsewhere."""
+        problems: list[str] = []
+        uid = network.metadata.uid or ""
+        targets = self._target_namespaces(network)
+        existing = {n["metadata"]["namespace"]: n for n in self._existing_nads(network.name)}
+        missing_namespaces: list[str] = []
+        for namespace in targets:
+            desired = nad_object(network, attachment, namespace, config)
+            have = existing.get(namespace)
+            if have is None:
+                try:
+                    self.api.create(desired)
+                except KubeApiError as e:
+                    if e.status == 404:
+                        missing_namespaces.append(namespace)
+                        continue
+                    if not e.conflict:
+                        raise
+                    # An unlabelled NAD of that name exists: adopt it.
+                    have = self.api.get(NAD_API_VERSION, NAD_KIND, network.name, namespace)
+                    if have is None:
+                        raise
+            if have is not None:
+                patch = nad_patch(have, desired, uid)
+                if patch is not None:
+                    self.api.patch(NAD_API_VERSION, NAD_KIND, network.name, patch, namespace)
+        for namespace, nad in existing.items():
+            if namespace not in targets and owned_by(nad, network):
+                self.api.delete(NAD_API_VERSION, NAD_KIND, network.name, namespace)
+                log.info("network %s: deleted NAD in namespace %s", network.name, namespace)
+        if missing_namespaces:
+            problems.append(
+                f"namespace(s) {', '.join(missing_namespaces)} in spec.namespaces do not exist: "
+                "create them (their NADs follow) or remove them from the list"
+            )
+        return problems
+
+    # ------------------------------------------------------------------ driver objects
+
+    def _existing_dependents(
+        self, api_version: str, kind: str, network_name: str
+    ) -> list[dict[str, Any]]:
+        try:
+            return self.api.list(
+                api_version, kind, label_selector=f"{DEPENDENT_LABEL}={network_name}"
+            )
+        except KubeApiError as e:
+            if e.verb == "discover" and e.status == 404:
+                return []
+            raise
+
+    def _apply_dependents(
+        self,
+        body: dict[str, Any],
+        network: MultiNicNetwork,
+        dependents: Sequence[DependentObject],
+    ) -> None:
+        desired = {d.key: dependent_body(network, d) for d in dependents}
+        kinds = sorted(set(recorded_kinds(body)) | {(k[0], k[1]) for k in desired})
+        if kinds != sorted(set(recorded_kinds(body))):
+            # Recorded before creating, so that a crash in between cannot
+            # leave an object the cleanup does not know to look for.
+            value = json.dumps([kind_key(*k) for k in kinds])
+            self.api.patch(
+                *NETWORK,
+                network.name,
+                {"metadata": {"annotations": {DEPENDENT_KINDS_ANNOTATION: value}}},
+            )
+        uid = network.metadata.uid or ""
+        for api_version, kind in kinds:
+            try:
+                self.api.kind(api_version, kind)
+            except KubeApiError as e:
+                if e.verb == "discover" and (api_version, kind) in {k[:2] for k in desired}:
+                    raise ConfigError(
+                        f"MultiNicNetwork {network.name}: driver {network.spec.plugin.type!r} "
+                        f"needs {kind} ({api_version}), which this cluster does not serve: "
+                        "install the operator that provides it"
+                    ) from e
+                if e.verb != "discover":
+                    raise
+            existing = {
+                (api_version, kind, o["metadata"].get("namespace", ""), o["metadata"]["name"]): o
+                for o in self._existing_dependents(api_version, kind, network.name)
+            }
+            for key, want in desired.items():
+                if key[:2] != (api_version, kind):
+                    continue
+                have = existing.get(key)
+                if have is None:
+                    have = self.api.get(api_version, kind, key[3], key[2] or None)
+                if have is None:
+                    self.api.create(want)
+                    log.info("network %s: created %s %s", network.name, kind, key[3])
+                    continue
+                patch = dependent_patch(have, want, uid)
+                if patch is not None:
+                    self.api.patch(api_version, kind, key[3], patch, key[2] or None)
+            for key, _obj in existing.items():
+                if key not in desired:
+                    self.api.delete(api_version, kind, key[3], key[2] or None)
+                    log.info("network %s: deleted %s %s", network.name, kind, key[3])
+
+    # ------------------------------------------------------------------ shared
+
+    def _parallel(self, action: Callable[[T], Any], items: Sequence[T]) -> None:
+        """Run ``action`` on every item; independent writes go out concurrently."""
+        if len(items) <= 1:
+            for item in items:
+                action(item)
+            return
+        with ThreadPoolExecutor(max_workers=self._workers) as pool:
+            for future in [pool.submit(action, item) for item in items]:
+                future.result()
+
+
+def _network_or_none(body: Mapping[str, Any]) -> MultiNicNetwork | None:
+    try:
+        return load_resource(MultiNicNetwork, body)
+    except ConfigError:
+        return None
