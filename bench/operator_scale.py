@@ -46,6 +46,7 @@ from aiohttp import web
 
 from multinic_operator.kube import KubeApi, load_client_configuration
 from multinic_sim.background import ApiServerThread
+from multinic_sim.crds import NETWORK_ATTACHMENT_DEFINITION_CRD
 from multinic_sim.kubeconfig import write_kubeconfig
 from multinic_sim.server import ApiServer
 
@@ -55,35 +56,6 @@ API = "multinic.fms.io/v1"
 NICS = 3
 BENCH_AGENT = "multinic-bench"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-NAD_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "network-attachment-definitions.k8s.cni.cncf.io"},
-    "spec": {
-        "group": "k8s.cni.cncf.io",
-        "scope": "Namespaced",
-        "names": {
-            "plural": "network-attachment-definitions",
-            "singular": "network-attachment-definition",
-            "kind": "NetworkAttachmentDefinition",
-        },
-        "versions": [
-            {
-                "name": "v1",
-                "served": True,
-                "storage": True,
-                "schema": {
-                    "openAPIV3Schema": {
-                        "type": "object",
-                        "properties": {
-                            "spec": {"type": "object", "properties": {"config": {"type": "string"}}}
-                        },
-                    }
-                },
-            }
-        ],
-    },
-}
 NETWORK = {
     "apiVersion": API,
     "kind": "MultiNicNetwork",
@@ -160,7 +132,7 @@ def client_for(kubeconfig: Path) -> KubeApi:
 
 
 def install_crds(api: KubeApi) -> None:
-    docs = [NAD_CRD]
+    docs = [NETWORK_ATTACHMENT_DEFINITION_CRD]
     for path in sorted((REPO / "deploy" / "crds").glob("*.yaml")):
         docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
     for doc in docs:

@@ -1,7 +1,8 @@
 """The agent process: the CNI server on a root-only unix socket (no TCP listener).
 
-Later steps add NIC discovery, the route reconciler and the Kubernetes
-mirrors as further tasks of the same event loop.
+With a cluster, NIC discovery, the route reconciler and the Kubernetes
+mirrors (:mod:`multinic_agent.cluster_sync`) run as further tasks of the
+same event loop.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import os
 import signal
 import stat
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from multinic_agent.cni_server import CniServer
 from multinic_agent.shim import (
@@ -109,8 +112,12 @@ def use_pidfd_child_watcher() -> None:
         asyncio.set_child_watcher(watcher)
 
 
-async def serve(server: CniServer, socket_path: Path) -> None:
-    """Run until SIGTERM or SIGINT."""
+async def serve(
+    server: CniServer,
+    socket_path: Path,
+    background: Callable[[], Coroutine[Any, Any, None]] | None = None,
+) -> None:
+    """Run until SIGTERM or SIGINT; ``background`` (the cluster side) runs alongside."""
     use_pidfd_child_watcher()
     listener = AgentSocket(server, socket_path)
     await listener.start()
@@ -118,8 +125,12 @@ async def serve(server: CniServer, socket_path: Path) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    task = asyncio.create_task(background()) if background else None
     try:
         await stopping.wait()
     finally:
         log.info("stopping")
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         await listener.stop()

@@ -63,7 +63,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--kubeconfig",
         default=os.environ.get("KUBECONFIG", ""),
-        help="cluster access (used by the Kubernetes-backed node state, next step)",
+        help="cluster access; without it the in-cluster config when run in a pod, "
+        "else no cluster (node state from <state-dir>/node-state.json)",
+    )
+    parser.add_argument(
+        "--netns",
+        default="",
+        help="network namespace (path) of the host's NICs and routes, when the agent "
+        "runs outside it; default: the agent's own",
+    )
+    parser.add_argument(
+        "--resync-interval",
+        type=float,
+        default=60.0,
+        help="seconds between full NIC discovery and route reconciles",
+    )
+    parser.add_argument(
+        "--leak-interval",
+        type=float,
+        default=300.0,
+        help="seconds between checks for attachments of pods that are gone",
     )
     parser.add_argument(
         "--socket", type=Path, default=Path(os.environ.get(shim.SOCKET_ENV) or shim.DEFAULT_SOCKET)
@@ -86,22 +105,51 @@ def run_agent(options: argparse.Namespace) -> int:
     # Imported here so that install-cni works without loading the plugin stack.
     from multinic_agent.agent import serve  # noqa: PLC0415
     from multinic_agent.cni_server import CniServer  # noqa: PLC0415
-    from multinic_agent.node_state import NODE_STATE_FILE, FileNodeState  # noqa: PLC0415
+    from multinic_agent.kube_api import load_api_client  # noqa: PLC0415
+    from multinic_agent.node_state import (  # noqa: PLC0415
+        NODE_STATE_FILE,
+        FileNodeState,
+        NodeState,
+    )
     from multinic_agent.records import RecordStore  # noqa: PLC0415
     from multinic_ipam.journal import AllocationJournal  # noqa: PLC0415
 
     state_dir: Path = options.state_dir
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    api = load_api_client(options.kubeconfig)
+    cluster = None
+    node_state: NodeState
+    if api is not None:
+        from multinic_agent.cluster_sync import ClusterSync  # noqa: PLC0415
+
+        cluster = ClusterSync(
+            api,
+            options.node,
+            state_dir,
+            netns=options.netns or None,
+            resync_interval=options.resync_interval,
+            leak_interval=options.leak_interval,
+        )
+        node_state = cluster.node_state
+        source = f"the Kubernetes API at {api.configuration.host}"
+    else:
+        node_state = FileNodeState(state_dir / NODE_STATE_FILE)
+        source = str(state_dir / NODE_STATE_FILE)
     server = CniServer(
         node=options.node,
-        node_state=FileNodeState(state_dir / NODE_STATE_FILE),
+        node_state=node_state,
         journal=AllocationJournal(state_dir),
         records=RecordStore(state_dir),
         cni_path=[p for p in options.cni_path.split(os.pathsep) if p],
     )
     server.preload()
-    log.info("agent for node %s, state in %s", options.node, state_dir)
-    asyncio.run(serve(server, options.socket))
+    log.info("agent for node %s, state in %s, node state from %s", options.node, state_dir, source)
+    background = (lambda: cluster.run(server)) if cluster is not None else None
+    try:
+        asyncio.run(serve(server, options.socket, background))
+    finally:
+        if api is not None:
+            api.close()  # type: ignore[no-untyped-call]
     return 0
 
 

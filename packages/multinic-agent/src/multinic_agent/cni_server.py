@@ -486,6 +486,7 @@ class CniServer:
                 addresses=[ip["address"] for ip in merged.ips],
                 pod=request.pod.name,
                 namespace=request.pod.namespace,
+                pod_uid=request.pod.uid,
                 multipath=multipath,
                 result=merged.render(SUPPORTED_VERSIONS[-1]),
             )
@@ -666,6 +667,24 @@ class CniServer:
             ", ".join(e.address for e in released) or "no agent-held address",
             extra=log_fields(*record.key, record.network, f"{record.namespace}/{record.pod}"),
         )
+
+    async def release_attachment(self, network: str, container_id: str, ifname: str) -> list[str]:
+        """Release one attachment whose pod is known to be gone (leak collection).
+
+        As GC does for one key: a recorded attachment is DELeted (delegates,
+        addresses, record); addresses journaled without a record are released.
+        An attachment with a command in flight is left alone.
+        :returns: the released addresses.
+        """
+        key = (container_id, ifname)
+        if key in self._busy:
+            return []
+        async with self._exclusive(key):
+            record = self.records.get(*key)
+            if record is not None and record.network == network:
+                await self._detach(record)
+                return list(record.addresses)
+            return [e.address for e in self.journal.release(network, container_id, ifname)]
 
     def _release_other(self, record: AttachmentRecord) -> None:
         try:

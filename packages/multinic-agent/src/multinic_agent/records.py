@@ -53,6 +53,8 @@ class AttachmentRecord:
     """Every address given to the pod, ``ADDRESS/PREFIX``, in NIC order."""
     pod: str = ""
     namespace: str = ""
+    pod_uid: str = ""
+    """``K8S_POD_UID``: leak collection tells a recreated pod of the same name apart."""
     multipath: list[dict[str, Any]] = field(default_factory=list)
     """Routes the agent programmed itself: ``{"dst", "nexthops": [{"gw", "dev"}]}``."""
     result: dict[str, Any] = field(default_factory=dict)

@@ -71,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="require 'Authorization: Bearer TOKEN' on every request (default: no authentication)",
     )
     api.add_argument(
+        "--netns",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also listen on 127.0.0.1 (same port) inside network namespace NAME "
+        "(repeatable; for agents running in simulated hosts)",
+    )
+    api.add_argument(
         "--history",
         type=int,
         default=50_000,
@@ -118,6 +126,8 @@ async def _run_apiserver(args: argparse.Namespace) -> int:
     )
     await server.start()
     try:
+        for netns in args.netns:
+            await server.listen_in_netns(netns)
         try:
             path = write_kubeconfig(_kubeconfig_path(args), server.url, args.token)
         except OSError as e:

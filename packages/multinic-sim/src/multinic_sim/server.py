@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
+import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -66,6 +70,59 @@ def _json_response(
     body: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
     return web.Response(body=dumps(body), status=status, content_type=JSON, headers=headers)
+
+
+NETNS_DIR = Path("/var/run/netns")
+CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd: int, nstype: int) -> None:
+    """setns(2) for the calling thread (``os.setns`` arrived only in Python 3.12)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, nstype) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def bind_in_netns(netns: str, host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` inside the named network namespace.
+
+    ``setns`` changes the namespace of the calling thread only, so the socket is
+    made in a dedicated short-lived thread (never a pooled one, which would stay
+    in *netns*); the socket keeps belonging to *netns* after the thread ends.
+    """
+    made: list[socket.socket] = []
+    failed: list[BaseException] = []
+
+    def bind() -> None:
+        try:
+            fd = os.open(NETNS_DIR / netns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                _setns(fd, CLONE_NEWNET)
+            finally:
+                os.close(fd)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((host, port))
+                sock.listen(2048)
+            except BaseException:
+                sock.close()
+                raise
+            made.append(sock)
+        except BaseException as e:
+            failed.append(e)
+
+    thread = threading.Thread(target=bind, name=f"bind-in-{netns}")
+    thread.start()
+    thread.join()
+    if failed:
+        error = failed[0]
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise errors.SimError(
+            f"cannot listen on {host}:{port} in network namespace {netns}: {reason}"
+        ) from error
+    return made[0]
 
 
 class ApiServer:
@@ -142,6 +199,21 @@ class ApiServer:
         if self.state is not None:
             self._tasks.append(asyncio.create_task(self._save_loop()))
         log.info("API server listening on %s", self.url)
+
+    async def listen_in_netns(self, netns: str) -> None:
+        """Also serve on ``127.0.0.1:<port>`` inside the network namespace *netns*.
+
+        Called after :meth:`start`, once per simulated host: agents run inside
+        their host's namespace and reach the server over that namespace's own
+        loopback, so the simulation opens no port outside 127.0.0.1.
+        """
+        if self._runner is None:
+            raise RuntimeError("start() the server before listen_in_netns()")
+        sock = await asyncio.get_running_loop().run_in_executor(
+            None, bind_in_netns, netns, self.host, self.port
+        )
+        await web.SockSite(self._runner, sock, backlog=2048).start()
+        log.info("API server also listening on %s in network namespace %s", self.url, netns)
 
     async def stop(self) -> None:
         self.cluster.watches.drop()
