@@ -142,10 +142,7 @@ def nad_patch(
     want_config = desired["spec"]["config"]
     if _json_or_text(have_config) != _json_or_text(want_config):
         patch["spec"] = {"config": want_config}
-    meta: dict[str, Any] = {}
-    labels = _missing_labels(existing, desired)
-    if labels:
-        meta["labels"] = labels
+    meta = _ownership_patch(existing, desired, network_uid)
     have_annotations = (existing.get("metadata") or {}).get("annotations") or {}
     want_annotations = desired["metadata"].get("annotations", {})
     annotations: dict[str, str | None] = {
@@ -157,9 +154,27 @@ def nad_patch(
             annotations[key] = None
     if annotations:
         meta["annotations"] = annotations
+    return _with_metadata(patch, meta, existing)
+
+
+def _ownership_patch(
+    existing: Mapping[str, Any], desired: Mapping[str, Any], network_uid: str
+) -> dict[str, Any]:
+    """The metadata part of a patch: labels the object lacks, the owner reference."""
+    meta: dict[str, Any] = {}
+    labels = _missing_labels(existing, desired)
+    if labels:
+        meta["labels"] = labels
     owners = _owners_with(existing, desired["metadata"]["ownerReferences"], network_uid)
     if owners is not None:
         meta["ownerReferences"] = owners
+    return meta
+
+
+def _with_metadata(
+    patch: dict[str, Any], meta: dict[str, Any], existing: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """None when nothing changes; else the patch, guarded by the resourceVersion read."""
     if not patch and not meta:
         return None
     meta["resourceVersion"] = _rv(existing)
@@ -212,18 +227,7 @@ def dependent_patch(
             patch[key] = value
             if isinstance(existing.get(key), dict) and isinstance(value, dict):
                 patch[key] = {**dict.fromkeys(existing[key]), **value}
-    meta: dict[str, Any] = {}
-    labels = _missing_labels(existing, desired)
-    if labels:
-        meta["labels"] = labels
-    owners = _owners_with(existing, desired["metadata"]["ownerReferences"], network_uid)
-    if owners is not None:
-        meta["ownerReferences"] = owners
-    if not patch and not meta:
-        return None
-    meta["resourceVersion"] = _rv(existing)
-    patch["metadata"] = meta
-    return patch
+    return _with_metadata(patch, _ownership_patch(existing, desired, network_uid), existing)
 
 
 def kind_key(api_version: str, kind: str) -> str:
