@@ -198,7 +198,11 @@ def test_every_granted_verb_is_used(cluster: Any, operator_runner: Any) -> None:
 def test_agent_role_grants_what_the_agent_needs() -> None:
     rules = cluster_role_rules("multinic-agent")
     needed = (
-        [("multinic.fms.io", "cidrs", v) for v in ("get", "list", "watch")]
+        [
+            ("multinic.fms.io", resource, v)
+            for resource in ("cidrs", "multinicnetworks", "deviceclasses")
+            for v in ("get", "list", "watch")
+        ]
         + [("multinic.fms.io", "ippools", v) for v in ("get", "list", "watch", "update", "patch")]
         + [
             ("multinic.fms.io", "hostinterfaces", v)
@@ -213,11 +217,12 @@ def test_agent_role_grants_what_the_agent_needs() -> None:
         ]
     )
     assert [n for n in needed if not allowed(rules, n)] == []
-    # And nothing that would let an agent touch another host's plan or the networks.
+    # And nothing that would let an agent change a plan, a network, or another host's pools.
     for forbidden in [
         ("multinic.fms.io", "cidrs", "patch"),
         ("multinic.fms.io", "ippools", "delete"),
-        ("multinic.fms.io", "multinicnetworks", "get"),
+        ("multinic.fms.io", "multinicnetworks", "patch"),
+        ("multinic.fms.io", "deviceclasses", "update"),
         ("", "secrets", "get"),
         ("", "nodes", "patch"),
     ]:

@@ -1,6 +1,7 @@
 """``multinic-agent``: run the node agent, or install the ``multi-nic`` CNI shim.
 
-multinic-agent --node NAME [--kubeconfig P] [--socket P] [--state-dir D] [--cni-path DIRS] [run]
+multinic-agent --node NAME [--kubeconfig P] [--netns P] [--resync-interval S] [--leak-interval S]
+               [--socket P] [--state-dir D] [--cni-path DIRS] [run]
 multinic-agent install-cni --bin-dir DIR
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from multinic_agent import shim
+from multinic_core.errors import MultinicError
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return run_agent(options)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, MultinicError) as e:
         log.error("agent cannot start: %s", e)
         return 1
 
