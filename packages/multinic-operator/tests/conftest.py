@@ -182,6 +182,7 @@ def cluster(kube_api: KubeTestApi) -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.api.close()
+        kube_api.reset()  # leave nothing for the next package's tests
 
 
 # --------------------------------------------------------------------------- the operator
