@@ -17,12 +17,11 @@ venv: $(BIN)/.installed
 system-deps:
 	scripts/install-system-deps
 
-# Until the simulated-cluster demo lands: plan the worked example of SPEC section 2
-# and print host A's routes.
-demo: venv
-	$(BIN)/multinic plan examples/worked/network.yaml examples/worked/hosts.yaml
-	@echo "--- routes of host A"
-	$(BIN)/multinic routes examples/worked/network.yaml examples/worked/hosts.yaml --host A
+# As root: a simulated cluster of 3 hosts x 2 NICs (network namespaces), the
+# operator and one agent per host, a macvlan network, a pod per host, the
+# connectivity matrix on every NIC, then everything torn down.
+demo: system-deps venv
+	$(BIN)/multinic-sim demo
 
 test: system-deps venv
 	$(BIN)/tox

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from multinic_sim.errors import SimError
+from multinic_sim.fabric import DEFAULT_PREFIX, FabricError, FabricLayout
 from multinic_sim.kubeconfig import write_kubeconfig
+from multinic_sim.progress import ProgressLog
 from multinic_sim.server import ApiServer
 
 log = logging.getLogger(__name__)
@@ -37,9 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-level",
-        default="INFO",
+        default=None,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log verbosity on standard error (default: INFO)",
+        help="log verbosity on standard error (default: INFO for apiserver, WARNING for "
+        "the cluster commands, whose progress is on standard output)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
@@ -86,25 +91,226 @@ def build_parser() -> argparse.ArgumentParser:
         help="watch events kept for resuming watches (default: 50000); older "
         "resourceVersions get 410 Gone",
     )
+    _add_cluster_commands(commands)
     return parser
+
+
+def _state_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the simulated cluster's state directory (default: $MULTINIC_SIM_STATE_DIR, "
+        "else /run/multinic-sim as root, /tmp/multinic-sim otherwise)",
+    )
+    return common
+
+
+def _layout_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--hosts", type=int, default=3, help="simulated hosts (default: 3)")
+    common.add_argument("--nics", type=int, default=2, help="secondary NICs per host (default: 2)")
+    common.add_argument(
+        "--prefix",
+        default=DEFAULT_PREFIX,
+        help="name prefix of every network namespace (default: %(default)s)",
+    )
+    common.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="seconds to wait for each component (default: %(default)s)",
+    )
+    return common
+
+
+def _add_cluster_commands(commands: Any) -> None:
+    state, layout = _state_options(), _layout_options()
+    commands.add_parser(
+        "up",
+        parents=[state, layout],
+        help="build a simulated cluster: host namespaces, fabric, API server, operator, agents",
+        description="Build a simulated cluster and return once its daemons are ready.",
+    )
+    stop = commands.add_parser(
+        "down",
+        parents=[state],
+        help="remove every process, namespace and file of the simulated cluster",
+        description="Remove the simulated cluster; also after a crash (finds leftovers by "
+        "namespace prefix and by the state directory on processes' command lines).",
+    )
+    stop.add_argument(
+        "--prefix",
+        default=None,
+        help="namespace prefix when the cluster record is lost (default: recorded, else "
+        f"{DEFAULT_PREFIX})",
+    )
+    pod = commands.add_parser("pod", help="simulated pods attached through the CNI shim")
+    pod_commands = pod.add_subparsers(dest="pod_command", metavar="ACTION")
+    pod_commands.required = True
+    add = pod_commands.add_parser(
+        "add",
+        parents=[state],
+        help="create a pod namespace and attach it with CNI ADD (as a runtime would)",
+    )
+    add.add_argument("name")
+    add.add_argument("--host", required=True, help="node name (host-0) or index (0)")
+    add.add_argument("--network", required=True, help="MultiNicNetwork (its NAD in the namespace)")
+    add.add_argument("--nics", type=int, default=None, help="cni-args nics: how many NICs")
+    add.add_argument("--namespace", default="default")
+    add.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="keep retrying while the agent answers 'try again' (default: %(default)s)",
+    )
+    delete = pod_commands.add_parser(
+        "del", parents=[state], help="detach a pod (CNI DEL), remove its namespace and object"
+    )
+    delete.add_argument("name")
+    listing = pod_commands.add_parser(
+        "list", parents=[state], help="pods, their hosts, interfaces and addresses"
+    )
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    check = commands.add_parser(
+        "concheck",
+        parents=[state],
+        help="ping (and iperf3) between pods of every host pair on every NIC",
+        description="For every pair of hosts and every NIC, ping from the pod on one to the "
+        "pod on the other (and measure bandwidth with iperf3 when installed). Exit status 1 "
+        "when any pair is not connected on every NIC.",
+    )
+    check.add_argument("--network", default=None, help="only this network")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.add_argument(
+        "--no-bandwidth", action="store_true", help="skip the iperf3 bandwidth measurement"
+    )
+    demo = commands.add_parser(
+        "demo",
+        parents=[state, layout],
+        help="up, a macvlan network, a pod per host, concheck, the plan and routes, down",
+        description="The one-command demo: builds a simulated cluster, applies a sample "
+        "network, starts a pod per host, proves connectivity on every NIC between hosts, "
+        "shows the network status, the CIDR plan and the hosts' routes, and tears everything "
+        "down (unless --keep).",
+    )
+    demo.add_argument("--keep", action="store_true", help="leave the cluster running")
+    demo.add_argument(
+        "--no-bandwidth", action="store_true", help="skip the iperf3 bandwidth measurement"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=args.log_level,
+        level=args.log_level or ("INFO" if args.command == "apiserver" else "WARNING"),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
         if args.command == "apiserver":
             return asyncio.run(_run_apiserver(args))
-    except SimError as e:
+        return _run_cluster_command(args)
+    except (SimError, FabricError, ValueError) as e:
         print(f"multinic-sim: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     return 2
+
+
+def _run_cluster_command(args: argparse.Namespace) -> int:
+    # Imported here: `apiserver` must not pay for the kubernetes client and the
+    # cluster builder's imports.
+    from kubernetes.client import ApiException  # noqa: PLC0415
+    from urllib3.exceptions import HTTPError  # noqa: PLC0415
+
+    from multinic_sim import cluster_builder  # noqa: PLC0415
+
+    state_dir: Path = (args.state_dir or cluster_builder.default_state_dir()).resolve()
+    try:
+        return _cluster_command(args, state_dir)
+    except ApiException as e:
+        raise SimError(f"the API server answered {e.status} {e.reason}: {e.body}") from e
+    except HTTPError as e:
+        raise SimError(
+            f"the simulated cluster's API server does not answer ({e}); its log is "
+            f"{state_dir / 'logs' / 'apiserver.log'}"
+        ) from e
+
+
+def _cluster_command(args: argparse.Namespace, state_dir: Path) -> int:
+    from multinic_sim import cluster_builder, concheck, demo, pods  # noqa: PLC0415
+
+    if args.command == "down":
+        removed = cluster_builder.down(state_dir, args.prefix)
+        print(
+            f"stopped {len(removed.processes)} processes, removed {len(removed.namespaces)} "
+            f"namespaces" + (f" and {removed.state_dir}" if removed.state_dir else "")
+        )
+        return 0
+    if args.command in ("up", "demo"):
+        layout = FabricLayout(hosts=args.hosts, nics=args.nics, prefix=args.prefix)
+        if args.command == "demo":
+            return demo.run_demo(
+                state_dir,
+                layout,
+                keep=args.keep,
+                bandwidth=not args.no_bandwidth,
+                timeout=args.timeout,
+            )
+        cluster = cluster_builder.up(state_dir, layout, ProgressLog(), args.timeout)
+        print(f"cluster up: KUBECONFIG={cluster.kubeconfig}")
+        return 0
+    cluster = cluster_builder.SimCluster.load(state_dir)
+    runtime = pods.PodRuntime(cluster)
+    if args.command == "pod":
+        if args.pod_command == "add":
+            record = runtime.add(
+                args.name,
+                args.host,
+                args.network,
+                nics=args.nics,
+                namespace=args.namespace,
+                timeout=args.timeout,
+            )
+            addresses = ", ".join(f"{i.name} {i.address}" for i in runtime.interfaces(record))
+            print(f"pod {record.namespace}/{record.name} on {record.node}: {addresses}")
+        elif args.pod_command == "del":
+            record = runtime.delete(args.name)
+            print(f"pod {record.namespace}/{record.name} deleted")
+        elif args.json:
+            print(json.dumps(_pod_listing(runtime), indent=2))
+        else:
+            print(demo.pod_table(runtime))
+        return 0
+    results = concheck.run_concheck(runtime, args.network, bandwidth=not args.no_bandwidth)
+    if args.json:
+        print(json.dumps(concheck.as_json(results), indent=2))
+    else:
+        print(concheck.render(results))
+    return 0 if concheck.all_connected(results) else 1
+
+
+def _pod_listing(runtime: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": record.name,
+            "namespace": record.namespace,
+            "node": record.node,
+            "network": record.network,
+            "netns": record.netns,
+            "interfaces": [
+                {"name": i.name, "address": i.address, "mac": i.mac}
+                for i in runtime.interfaces(record)
+            ],
+        }
+        for record in runtime.records()
+    ]
 
 
 def _kubeconfig_path(args: argparse.Namespace) -> Path:

@@ -1,0 +1,201 @@
+"""The simulated cluster on a real kernel: up, the API inside host namespaces, pods, down.
+
+These start the real daemons (API server, operator, agents in their host
+namespaces) through the ``multinic-sim`` command, as a user does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from multinic_sim.cluster_builder import SimCluster
+from multinic_sim.fabric import leftovers, run_ip
+from multinic_sim.processes import alive, processes_of
+
+CLI = [str(Path(sys.executable).parent / "multinic-sim")]
+
+
+def sim(*args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, check=False, timeout=timeout
+    )
+    if check and done.returncode != 0:
+        pytest.fail(
+            f"multinic-sim {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+        )
+    return done
+
+
+def assert_nothing_left(state_dir: Path, prefix: str) -> None:
+    assert processes_of(state_dir) == []
+    assert leftovers(prefix) == []
+    assert f"{prefix}-" not in run_ip("-o", "link", "show")
+    assert not state_dir.exists()
+
+
+def netns_inode(path: str) -> int:
+    return os.stat(path).st_ino
+
+
+def python_in_netns(netns: str, code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", code],
+        capture_output=True, text=True, check=False, timeout=30,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimCluster]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces, netlink)")
+    state_dir = tmp_path_factory.mktemp("sim") / "state"
+    prefix = f"t{secrets.token_hex(3)}"
+    try:
+        out = sim(
+            "up", "--hosts", "2", "--nics", "2", "--prefix", prefix, "--state-dir", str(state_dir)
+        )
+        assert "cluster up: KUBECONFIG=" in out.stdout
+        yield SimCluster.load(state_dir)
+    finally:
+        sim("down", "--state-dir", str(state_dir), "--prefix", prefix, check=False)
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_agents_run_inside_their_host_namespace_and_reach_the_api_over_its_loopback(
+    cluster: SimCluster,
+) -> None:
+    layout = cluster.layout
+    for host in range(layout.hosts):
+        pid = cluster.pids[f"agent-host-{host}"]
+        assert alive(pid)
+        # The agent's network namespace is its host's, not the root namespace.
+        assert netns_inode(f"/proc/{pid}/ns/net") == netns_inode(
+            f"/var/run/netns/{layout.host_netns(host)}"
+        )
+        assert cluster.agent_socket(host).is_socket()
+        kubeconfig = yaml.safe_load(cluster.host_kubeconfig(host).read_text())
+        server = kubeconfig["clusters"][0]["cluster"]["server"]
+        assert server.startswith("http://127.0.0.1:")
+        answer = python_in_netns(
+            layout.host_netns(host),
+            "import json, sys, urllib.request;"
+            f"print(json.load(urllib.request.urlopen('{server}/api/v1/nodes'))['items'][{host}]"
+            "['metadata']['name'])",
+        )
+        assert answer.returncode == 0, answer.stderr
+        assert answer.stdout.strip() == layout.host_name(host)
+    # The operator runs in the root namespace and has created the default Config.
+    assert netns_inode(f"/proc/{cluster.pids['operator']}/ns/net") == netns_inode(
+        "/proc/self/ns/net"
+    )
+    assert cluster.shim.exists()
+    assert os.access(cluster.shim, os.X_OK)
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_a_pod_for_a_network_without_nad_is_refused_and_leaves_nothing(cluster: SimCluster) -> None:
+    out = sim(
+        "pod", "add", "lonely", "--host", "host-0", "--network", "nosuchnet",
+        "--state-dir", str(cluster.state_dir), check=False,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert "no NetworkAttachmentDefinition default/nosuchnet" in out.stderr
+    assert f"{cluster.layout.prefix}-pod-lonely" not in leftovers(cluster.layout.prefix)
+    listing = sim("pod", "list", "--json", "--state-dir", str(cluster.state_dir))
+    assert json.loads(listing.stdout) == []
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_a_pod_on_an_unknown_host_is_refused(cluster: SimCluster) -> None:
+    out = sim(
+        "pod", "add", "p", "--host", "host-9", "--network", "x",
+        "--state-dir", str(cluster.state_dir), check=False,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert "no host 'host-9'" in out.stderr
+    assert "host-0, host-1" in out.stderr
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_up_refuses_a_second_cluster_in_the_same_state_dir(cluster: SimCluster) -> None:
+    out = sim("up", "--state-dir", str(cluster.state_dir), "--prefix", "other", check=False)
+    assert out.returncode == 1
+    assert "already recorded" in out.stderr
+    assert leftovers("other") == []
+    assert SimCluster.load(cluster.state_dir).pids == cluster.pids
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_down_after_kill_9_of_everything_still_cleans_up(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    prefix = f"k{secrets.token_hex(3)}"
+    try:
+        sim("up", "--hosts", "2", "--nics", "1", "--prefix", prefix, "--state-dir", str(state_dir))
+        daemons = processes_of(state_dir)
+        assert len(daemons) == 4  # API server, operator, two agents
+        # kill -9 the API server and the operator; the record of pids is lost too,
+        # so the agents (still running) must be found by scanning /proc.
+        recorded = SimCluster.load(state_dir).pids
+        for name in ("apiserver", "operator"):
+            os.kill(recorded[name], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while any(alive(recorded[name]) for name in ("apiserver", "operator")):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (state_dir / "cluster.json").unlink()
+        out = sim("down", "--state-dir", str(state_dir), "--prefix", prefix)
+        # The two agents, and any helper process they had forked at that moment.
+        stopped = re.search(r"stopped (\d+) processes", out.stdout)
+        assert stopped is not None, out.stdout
+        assert int(stopped.group(1)) >= 2
+        assert f"removed {2 + 1} namespaces" in out.stdout
+        assert_nothing_left(state_dir, prefix)
+        assert all(not alive(pid) for pid in daemons)
+        again = sim("down", "--state-dir", str(state_dir), "--prefix", prefix)
+        assert "stopped 0 processes, removed 0 namespaces" in again.stdout
+    finally:
+        sim("down", "--state-dir", str(state_dir), "--prefix", prefix, check=False)
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_up_refuses_a_prefix_another_cluster_uses_and_leaves_it_alone(
+    cluster: SimCluster, tmp_path: Path
+) -> None:
+    before = leftovers(cluster.layout.prefix)
+    out = sim(
+        "up", "--prefix", cluster.layout.prefix, "--state-dir", str(tmp_path / "other"),
+        check=False,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert f"another simulated cluster uses prefix {cluster.layout.prefix!r}" in out.stderr
+    assert leftovers(cluster.layout.prefix) == before
+    assert all(alive(pid) for pid in cluster.pids.values())
+    assert not (tmp_path / "other").exists()
+
+
+def test_the_api_server_names_a_host_namespace_it_cannot_listen_in() -> None:
+    out = subprocess.run(
+        [*CLI, "apiserver", "--netns", "no-such-netns-here"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert "in network namespace no-such-netns-here: No such file or directory" in out.stderr
+    assert out.stdout == ""  # no kubeconfig announced for a server that is not serving

@@ -1,0 +1,189 @@
+"""deploy/: the kustomize base renders, and every object is valid, offline.
+
+No kustomize binary or cluster is needed: the base is rendered here with the
+subset of kustomize it uses (resources, labels, images, JSON 6902 patches),
+then built-in kinds (CRDs included) are validated with ``kubernetes-validate``
+against the schemas of a current Kubernetes release, and custom resources
+against the project's own CRD schemas. A patch whose path no longer exists,
+a dangling ServiceAccount or namespace, or an image mismatch between the
+operator and the agent fails here rather than at ``kubectl apply -k``.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from multinic_sim.patching import json_patch
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+KUBERNETES_VERSION = kubernetes_validate.latest_version()
+
+
+def _documents(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _matches(obj: dict[str, Any], target: dict[str, str]) -> bool:
+    group, _, version = obj["apiVersion"].rpartition("/")
+    wanted = {
+        "group": group,
+        "version": version,
+        "kind": obj["kind"],
+        "name": obj["metadata"]["name"],
+    }
+    return all(wanted[key] == value for key, value in target.items() if key in wanted)
+
+
+def _containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    pod = obj.get("spec", {}).get("template", {}).get("spec", {})
+    return [*pod.get("initContainers", []), *pod.get("containers", [])]
+
+
+def render_kustomization(directory: Path) -> list[dict[str, Any]]:
+    """What ``kustomize build`` gives for the features deploy/ uses (fails on others)."""
+    spec = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    assert spec["kind"] == "Kustomization"
+    unsupported = set(spec) - {"apiVersion", "kind", "resources", "labels", "images", "patches"}
+    assert not unsupported, f"extend this renderer for {unsupported}"
+    objects: list[dict[str, Any]] = []
+    for resource in spec["resources"]:
+        objects += _documents(directory / resource)
+    for label in spec.get("labels", []):
+        for obj in objects:
+            obj["metadata"].setdefault("labels", {}).update(label["pairs"])
+    for image in spec.get("images", []):
+        for obj in objects:
+            for container in _containers(obj):
+                name = re.split(r"[:@]", container["image"].rsplit("/", 1)[-1])[0]
+                repository = container["image"][: container["image"].rfind(name) + len(name)]
+                if repository == image["name"]:
+                    container["image"] = f"{image.get('newName', repository)}:{image['newTag']}"
+    for patch in spec.get("patches", []):
+        targets = [i for i, obj in enumerate(objects) if _matches(obj, patch["target"])]
+        assert len(targets) == 1, f"patch target {patch['target']} matches {len(targets)} objects"
+        objects[targets[0]] = json_patch(objects[targets[0]], yaml.safe_load(patch["patch"]))
+    return objects
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict[str, Any]]:
+    return render_kustomization(DEPLOY)
+
+
+def _one(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind} {name}: {len(found)} objects"
+    return found[0]
+
+
+def test_the_base_has_crds_rbac_operator_and_default_config(rendered: list[dict[str, Any]]) -> None:
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in rendered}
+    crds = {name for kind, name in kinds if kind == "CustomResourceDefinition"}
+    assert crds == {
+        f"{plural}.multinic.fms.io"
+        for plural in ("cidrs", "configs", "deviceclasses", "hostinterfaces", "ippools",
+                       "multinicnetworks")
+    }  # fmt: skip
+    for expected in [
+        ("Namespace", "multinic-system"),
+        ("Deployment", "multinic-operator"),
+        ("ServiceAccount", "multinic-operator"),
+        ("ServiceAccount", "multinic-agent"),
+        ("ClusterRole", "multinic-operator"),
+        ("ClusterRole", "multinic-agent"),
+        ("Config", "multi-nicd"),
+    ]:
+        assert expected in kinds
+    assert all(o["metadata"]["labels"]["app.kubernetes.io/part-of"] == "multinic" for o in rendered)
+
+
+def test_builtin_objects_are_valid_for_a_current_kubernetes(rendered: list[dict[str, Any]]) -> None:
+    checked = 0
+    for obj in rendered:
+        if obj["apiVersion"].startswith("multinic.fms.io/"):
+            continue
+        try:
+            kubernetes_validate.validate(copy.deepcopy(obj), KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{obj['kind']} {obj['metadata']['name']}: {e.message} at {e.path}")
+        checked += 1
+    assert checked >= 12
+
+
+def test_custom_resources_match_their_crds(rendered: list[dict[str, Any]]) -> None:
+    schemas = {
+        (crd["spec"]["group"], crd["spec"]["names"]["kind"]): crd["spec"]["versions"][0]["schema"][
+            "openAPIV3Schema"
+        ]
+        for crd in rendered
+        if crd["kind"] == "CustomResourceDefinition"
+    }
+    samples = sorted((DEPLOY / "operator" / "networks").glob("*.yaml"))
+    custom = [o for o in rendered if o["apiVersion"].startswith("multinic.fms.io/")]
+    custom += [d for path in samples for d in _documents(path)]
+    assert any(o["kind"] == "MultiNicNetwork" for o in custom)
+    for obj in custom:
+        schema = schemas[("multinic.fms.io", obj["kind"])]
+        try:
+            jsonschema.validate(obj, schema)
+        except jsonschema.ValidationError as e:
+            pytest.fail(f"{obj['kind']} {obj['metadata']['name']}: {e.message}")
+
+
+def test_references_resolve_and_one_image_runs_operator_and_agent(
+    rendered: list[dict[str, Any]],
+) -> None:
+    namespaces = {o["metadata"]["name"] for o in rendered if o["kind"] == "Namespace"}
+    accounts = {
+        (o["metadata"]["namespace"], o["metadata"]["name"])
+        for o in rendered
+        if o["kind"] == "ServiceAccount"
+    }
+    for obj in rendered:
+        namespace = obj["metadata"].get("namespace")
+        assert namespace is None or namespace in namespaces, obj["metadata"]
+        for subject in obj.get("subjects", []):
+            assert (subject["namespace"], subject["name"]) in accounts
+        if obj["kind"] in ("RoleBinding", "ClusterRoleBinding"):
+            _one(rendered, obj["roleRef"]["kind"], obj["roleRef"]["name"])
+
+    deployment = _one(rendered, "Deployment", "multinic-operator")
+    pod = deployment["spec"]["template"]["spec"]
+    assert (deployment["metadata"]["namespace"], pod["serviceAccountName"]) in accounts
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    config = _one(rendered, "Config", "multi-nicd")
+    assert container["image"] == env["MULTINIC_AGENT_IMAGE"] == config["spec"]["daemon"]["image"]
+    # runAsNonRoot needs a numeric user: the shared image runs as root for the agent.
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert security["runAsUser"] > 0
+
+
+def test_the_dockerfile_copies_what_exists_and_installs_the_commands_the_manifests_run(
+    rendered: list[dict[str, Any]],
+) -> None:
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    copied = re.findall(r"^COPY (?!--from)(\S+) ", dockerfile, flags=re.MULTILINE)
+    assert copied
+    for source in copied:
+        assert (REPO / source).exists(), f"Dockerfile copies {source}, which does not exist"
+    scripts: set[str] = set()
+    for source in copied:
+        project = tomllib.loads((REPO / source / "pyproject.toml").read_text())["project"]
+        assert project["name"] in dockerfile.split("FROM")[-1], f"{project['name']} not installed"
+        scripts |= set(project.get("scripts", {}))
+    deployment = _one(rendered, "Deployment", "multinic-operator")
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["command"][0] in scripts
+    # The operator renders the agent DaemonSet with these commands.
+    assert {"multinic-agent", "multinic-operator"} <= scripts
