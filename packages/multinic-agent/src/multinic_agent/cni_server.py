@@ -59,9 +59,9 @@ log = logging.getLogger(__name__)
 
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 # libcni's rule for container IDs; it also keeps record file names safe.
-_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")
-_IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
-_PLUGIN_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}\Z")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}\Z")
+_PLUGIN_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
 VALID_ATTACHMENTS = "cni.dev/valid-attachments"
 DELEGATE_TIMEOUT_S = 120.0
 # CNI_ARGS keys that are the agent's business, not the delegates' (static

@@ -27,7 +27,7 @@ from multinic_core.models import HostInterface, HostInterfaceSpec, InterfaceInfo
 
 log = logging.getLogger(__name__)
 
-_PCI_ADDRESS = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+_PCI_ADDRESS = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]\Z")
 IFF_LOOPBACK = 0x8
 RT_SCOPE_UNIVERSE = 0
 MAIN_TABLE = 254

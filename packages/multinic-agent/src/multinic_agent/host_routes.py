@@ -39,8 +39,8 @@ RULE_PRIORITY = 20000
 # Marks routes and rules multinic owns (RTPROT numbers above 4 are free for
 # routing daemons; 0x6d is "m").
 RTPROT_MULTINIC = 109
-_NETWORK_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-_IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+_NETWORK_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\Z")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}\Z")
 
 
 class RouteTableError(ValueError):

@@ -38,8 +38,8 @@ L3_VLAN_MODES = ("l3", "l3s")
 MULTI_NIC_IPAM: Literal["multi-nic-ipam"] = "multi-nic-ipam"
 
 # Linux IFNAMSIZ is 16 including the NUL; names are one path component.
-_IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
-_HEX_ID = re.compile(r"^[0-9a-f]{4}$")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}\Z")
+_HEX_ID = re.compile(r"^[0-9a-f]{4}\Z")
 
 
 def parse_cidr(value: str) -> netaddr.IPNetwork:

@@ -437,8 +437,12 @@ class _Planner:
         if not self.config.master_nets:
             return [found[key] for key in sorted(found)]
         networks: list[_Network] = []
+        seen: set[tuple[int, int, int]] = set()
         for value in self.config.master_nets:
             net = _parse_config_cidr(value, "masterNets entry")
+            if _network_key(net) in seen:
+                continue  # a hand-edited CIDR config may list a network twice: plan it once
+            seen.add(_network_key(net))
             network = found.get(_network_key(net))
             members = network.members if network is not None else {}
             networks.append(_Network(net, value, members))

@@ -43,7 +43,7 @@ _PCI_ADDRESS = re.compile(
     r"^(?:(?P<domain>[0-9a-f]{1,8}):)?(?P<bus>[0-9a-f]{1,2}):(?P<device>[0-9a-f]{1,2})"
     r"\.(?P<function>[0-7])$"
 )
-_BANDWIDTH = re.compile(r"^(?P<value>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[kmgt]?bps)?$")
+_BANDWIDTH = re.compile(r"^(?P<value>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[kmgt]?bps)?\Z")
 # Multiples of Mbit/s, the unit of InterfaceInfo.speed (sysfs ``speed``).
 _BANDWIDTH_UNITS_MBPS = {
     "bps": 1e-6,

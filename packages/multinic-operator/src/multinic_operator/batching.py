@@ -20,7 +20,9 @@ from multinic_core.errors import MultinicError
 log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = 0.5
-MAX_RETRY_DELAY = 30.0
+# Capped low: the batch is the whole cluster's convergence, and a retry is one
+# list of each kind -- cheap next to minutes of a stale plan.
+MAX_RETRY_DELAY = 5.0
 
 
 class ReconcileBatcher:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "mnsim"
-_PREFIX = re.compile(r"^[a-z][a-z0-9]{0,7}$")
+_PREFIX = re.compile(r"^[a-z][a-z0-9]{0,7}\Z")
 MAX_HOSTS = 200
 MAX_NICS = 8
 

@@ -34,7 +34,7 @@ NAD_GROUP, NAD_VERSION, NAD_PLURAL = "k8s.cni.cncf.io", "v1", "network-attachmen
 NETWORK_STATUS_ANNOTATION = "k8s.v1.cni.cncf.io/network-status"
 CODE_TRY_AGAIN = 11
 CNI_TIMEOUT_S = 120.0
-_POD_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
+_POD_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?\Z")
 
 
 class CniCallError(SimError):

@@ -199,7 +199,7 @@ BUILTIN_RESOURCES: tuple[ResourceType, ...] = (
     _builtin("events.k8s.io", "v1", "Event", "events", short=("ev",), fields=EVENTS_V1_FIELDS),
 )
 
-_KUBE_VERSION = re.compile(r"^v(\d+)(?:(alpha|beta)(\d+))?$")
+_KUBE_VERSION = re.compile(r"^v(\d+)(?:(alpha|beta)(\d+))?\Z")
 
 
 def version_priority(version: str) -> tuple[int, int, int, str]:

@@ -67,7 +67,7 @@ DEFAULT_NUM_VFS = 1
 
 # The SR-IOV operator's webhook accepts resource names matching ^[a-zA-Z0-9_]+$,
 # and a Kubernetes extended resource name has at most 63 characters.
-_RESOURCE_NAME = re.compile(r"^[A-Za-z0-9_]{1,63}$")
+_RESOURCE_NAME = re.compile(r"^[A-Za-z0-9_]{1,63}\Z")
 _NOT_RESOURCE_CHARS = re.compile(r"[^A-Za-z0-9_]")
 
 

@@ -1,0 +1,163 @@
+"""Fuzzing the CNI path: every input gets a spec-conformant answer with the right
+code, never a traceback, and a rejected input leaves no attachment or allocation.
+
+Two targets: the agent's request handler in-process (many cases; ADDs that get
+through validation allocate, then fail on a missing delegate and must roll
+back), and the installed shim exec'd against a real agent in a host namespace
+(fewer cases, one process exec each; ADDs there reach the real macvlan
+delegate, which fails on the absent pod namespace).  A third feeds garbage
+straight into the agent's socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import strategies as st
+
+from multinic_agent.cni_server import CniServer
+from multinic_agent.node_state import FileNodeState
+from multinic_agent.records import RecordStore
+from multinic_ipam.journal import AllocationJournal
+
+from .cni_inputs import ERROR_CODES, CniCase, broken_invocation, check_answer, garbage_invocation
+from .conftest import FUZZ_EXAMPLES, FUZZ_SEED, node_fixtures
+
+Test = TypeVar("Test", bound=Callable[..., None])
+
+
+def fuzz_settings(examples: int) -> Callable[[Test], Test]:
+    """Seeded: the same cases on every CI run unless MULTINIC_FUZZ_SEED picks others."""
+    chosen = settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=FUZZ_SEED == 0,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+
+    def apply(test: Test) -> Test:
+        test = chosen(test)
+        return seed(FUZZ_SEED)(test) if FUZZ_SEED else test
+
+    return apply
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[CniServer]:
+    """An in-process CNI server whose node has NICs and pools but no delegate binaries."""
+    state = {"nics": node_fixtures.NICS, "ippools": node_fixtures.POOLS}
+    (tmp_path / "node-state.json").write_text(json.dumps(state))
+    journal = AllocationJournal(tmp_path)
+    yield CniServer(
+        node="host-a",
+        node_state=FileNodeState(tmp_path / "node-state.json"),
+        journal=journal,
+        records=RecordStore(tmp_path),
+        cni_path=(),
+    )
+    journal.close()
+
+
+def test_handler_answers_every_input_by_the_spec(
+    server: CniServer, figures: dict[str, Any]
+) -> None:
+    loop = asyncio.new_event_loop()
+    codes: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+
+    @fuzz_settings(FUZZ_EXAMPLES * 2)
+    @given(st.one_of(broken_invocation(add_code=999), garbage_invocation()))
+    def run(case: CniCase) -> None:
+        status, stdout, stderr = loop.run_until_complete(server.handle(case.env, case.stdin))
+        code = check_answer(case, status, stdout, stderr)
+        codes[str(code)] += 1
+        kinds[case.what] += 1
+        # Nothing is left behind: the ADDs that allocated were rolled back.
+        assert server.journal.attachments() == [], case
+        assert server.records.all() == [], case
+
+    try:
+        run()
+    finally:
+        loop.close()
+    figures.update(cases=sum(codes.values()), codes=dict(codes), kinds=len(kinds), leaked=0)
+    # The search reached every branch that matters, not only the parser's first check.
+    assert {"0", "1", "4", "6", "7", "999"} <= set(codes), codes
+    assert kinds["none"] > 0
+    assert kinds["garbage"] > 0
+
+
+@pytest.mark.root
+def test_shim_and_agent_answer_every_input_by_the_spec(
+    runtime: Any, agent: Any, figures: dict[str, Any]
+) -> None:
+    codes: Counter[str] = Counter()
+    netns = st.sampled_from(
+        ["/var/run/netns/multinic-fuzz-absent", "../../x", "/etc/passwd", "eth0; reboot"]
+    )
+
+    @fuzz_settings(max(20, FUZZ_EXAMPLES // 20))
+    @given(
+        st.one_of(
+            broken_invocation(netns=netns, cni_path=node_fixtures.SYSTEM_CNI),
+            garbage_invocation(),
+        )
+    )
+    def run(case: CniCase) -> None:
+        env = {
+            **case.env,
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "MULTINIC_AGENT_SOCKET": str(agent.socket),
+        }
+        outcome = runtime.run(env, case.stdin)
+        codes[str(check_answer(case, outcome.status, outcome.stdout, outcome.stderr))] += 1
+        assert agent.held_addresses() == {}, case
+        assert agent.records() == [], case
+
+    run()
+    assert agent.process.poll() is None, "the agent died"
+    # No delegate left a link behind in the host namespace.
+    assert sorted(agent.host.links()) == ["eth1", "eth1p", "eth2", "eth2p", "lo"]
+    figures.update(cases=sum(codes.values()), codes=dict(codes), leaked=0)
+
+
+@pytest.mark.root
+def test_garbage_on_the_agent_socket_is_a_decode_error(
+    runtime: Any, agent: Any, figures: dict[str, Any]
+) -> None:
+    answered = Counter[int]()
+
+    @fuzz_settings(max(20, FUZZ_EXAMPLES // 10))
+    @given(st.binary(max_size=200).filter(lambda b: b"\n" not in b) | st.just(b"{" * 5000))
+    def run(garbage: bytes) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(10)
+            conn.connect(str(agent.socket))
+            conn.sendall(garbage + b"\n")
+            reply = b""
+            while not reply.endswith(b"\n"):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+        message = json.loads(reply)
+        assert message["exit"] == 1, message
+        error = json.loads(message["stdout"])
+        assert error["code"] in ERROR_CODES, error
+        answered[error["code"]] += 1
+
+    run()
+    assert agent.process.poll() is None, "the agent died"
+    # Still serving real requests afterwards.
+    assert runtime.delete("after-garbage", "").status == 0
+    figures.update(cases=sum(answered.values()), codes={str(k): v for k, v in answered.items()})
