@@ -59,6 +59,19 @@ def test_add_gives_the_pod_one_interface_per_nic(runtime: Any, pods: Any, agent:
     assert agent.records() == ["c1_net1.json"]
 
 
+def test_pod_args_reach_delegates_that_would_refuse_unknown_keys(
+    runtime: Any, pods: Any, netconf: Any
+) -> None:
+    pod = pods.new()
+    env = runtime.env("ADD", "c-args", pod)
+    env["CNI_ARGS"] = (
+        "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;K8S_POD_UID=u1"  # no IgnoreUnknown
+    )
+    outcome = runtime.run(env, netconf())
+    assert outcome.status == 0, outcome
+    assert sorted(pods.addresses(pod)) == ["net1-0", "net1-1"]
+
+
 def test_repeated_add_returns_the_same_attachment(runtime: Any, pods: Any, agent: Any) -> None:
     pod = pods.new()
     first = runtime.add("c1", pod)

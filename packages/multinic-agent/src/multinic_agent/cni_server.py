@@ -582,9 +582,14 @@ class CniServer:
         config: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Run one delegate verb; its result, or CniError carrying the delegate's code."""
-        args = ";".join(
-            f"{k}={v}" for k, v in parse_cni_args(request.raw_args).items() if k not in _AGENT_ARGS
-        )
+        forwarded = {
+            k: v for k, v in parse_cni_args(request.raw_args).items() if k not in _AGENT_ARGS
+        }
+        if forwarded:
+            # The reference plugins refuse CNI_ARGS keys they do not know (K8S_POD_*)
+            # unless told to ignore them; not every runtime says so.
+            forwarded = {"IgnoreUnknown": "1", **forwarded}
+        args = ";".join(f"{k}={v}" for k, v in forwarded.items())
         env = {
             "CNI_COMMAND": command,
             "CNI_CONTAINERID": request.container_id,
