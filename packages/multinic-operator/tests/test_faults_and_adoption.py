@@ -159,6 +159,7 @@ def test_config_drives_the_agent_daemonset(cluster: Any, operator_runner: Any) -
             "/var/lib/multinic",
             "/var/run/netns",
             "/sys",
+            "/var/lib/kubelet/pod-resources",
         }
         assert pod["initContainers"][0]["command"] == [
             "multinic-agent",

@@ -1,7 +1,7 @@
 """``multinic-agent``: run the node agent, or install the ``multi-nic`` CNI shim.
 
 multinic-agent --node NAME [--kubeconfig P] [--netns P] [--resync-interval S] [--leak-interval S]
-               [--socket P] [--state-dir D] [--cni-path DIRS] [run]
+               [--socket P] [--state-dir D] [--cni-path DIRS] [--pod-resources-socket P] [run]
 multinic-agent install-cni --bin-dir DIR
 """
 
@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CNI_PATH,
         help="directories of delegate plugins, searched after the request's CNI_PATH",
     )
+    parser.add_argument(
+        "--pod-resources-socket",
+        type=Path,
+        default=Path("/var/lib/kubelet/pod-resources/kubelet.sock"),
+        help="the kubelet's PodResources API (device allocations of pods); "
+        "absent: no allocations from the kubelet",
+    )
     parser.add_argument("--log-level", default=os.environ.get("MULTINIC_LOG_LEVEL", "INFO"))
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("run", help="serve the CNI shim (default)")
@@ -113,6 +120,7 @@ def run_agent(options: argparse.Namespace) -> int:
         FileNodeState,
         NodeState,
     )
+    from multinic_agent.pod_resources import PodResourcesClient  # noqa: PLC0415
     from multinic_agent.records import RecordStore  # noqa: PLC0415
     from multinic_ipam.journal import AllocationJournal  # noqa: PLC0415
 
@@ -143,6 +151,7 @@ def run_agent(options: argparse.Namespace) -> int:
         journal=AllocationJournal(state_dir),
         records=RecordStore(state_dir),
         cni_path=[p for p in options.cni_path.split(os.pathsep) if p],
+        pod_resources=PodResourcesClient(options.pod_resources_socket),
     )
     server.preload()
     log.info("agent for node %s, state in %s, node state from %s", options.node, state_dir, source)

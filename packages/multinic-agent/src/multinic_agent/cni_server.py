@@ -22,13 +22,14 @@ import os
 import re
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from multinic_agent import pod_netns
 from multinic_agent.cni_result import AttachResult, CniError, best_common_version, merge_results
 from multinic_agent.device_selection import select_devices
 from multinic_agent.node_state import NodeState
+from multinic_agent.pod_resources import PodDevices, PodResourcesClient, resource_names
 from multinic_agent.records import AttachmentRecord, DelegateRecord, RecordStore
 from multinic_agent.shim import (
     CODE_DECODE,
@@ -49,8 +50,16 @@ from multinic_core.errors import (
     SelectionError,
     TryAgainError,
 )
-from multinic_core.hooktypes import IpamRequest, PodArgs, PodRef, SelectedNic, SelectionRequest
+from multinic_core.hooktypes import (
+    IpamRequest,
+    PodArgs,
+    PodRef,
+    SelectedNic,
+    SelectionRequest,
+    StaticCluster,
+)
 from multinic_core.models import MultiNicNetwork, load_resource
+from multinic_core.nad import RESOURCE_NAME_ANNOTATION
 from multinic_core.plugins import IpamPlugin, PluginRegistry
 from multinic_ipam.journal import AllocationJournal
 from multinic_ipam.plugins import CONTEXT_JOURNAL, CONTEXT_POOLS
@@ -67,6 +76,9 @@ DELEGATE_TIMEOUT_S = 120.0
 # CNI_ARGS keys that are the agent's business, not the delegates' (static
 # IPAM would otherwise add the IP= addresses to every NIC).
 _AGENT_ARGS = frozenset({"IP", "GATEWAY"})
+# Built-in attach policies that never look at the pod's devices: with them
+# and no network resource, ADD does not ask the kubelet.
+_DEVICE_BLIND_POLICIES = frozenset({"none", "devClass", "costOpt", "perfOpt"})
 
 
 @dataclass(frozen=True)
@@ -247,6 +259,7 @@ class CniServer:
         records: RecordStore,
         registry: PluginRegistry | None = None,
         cni_path: Sequence[str] = ("/opt/cni/bin", "/usr/lib/cni"),
+        pod_resources: PodResourcesClient | None = None,
     ) -> None:
         self.node = node
         self.node_state = node_state
@@ -254,6 +267,7 @@ class CniServer:
         self.records = records
         self.registry = registry or PluginRegistry()
         self.cni_path = tuple(cni_path)
+        self.pod_resources = pod_resources
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._lock_users: dict[tuple[str, str], int] = {}
         self._busy: set[tuple[str, str]] = set()
@@ -350,7 +364,53 @@ class CniServer:
                 return result.render(request.version)
             return await self._attach(request)
 
-    def _select(self, request: CniRequest, network: MultiNicNetwork) -> list[SelectedNic]:
+    def _network_resources(self, request: CniRequest) -> tuple[str, ...]:
+        """The device-plugin resources the network's NADs name (``resourceName`` annotation).
+
+        The NAD's annotations are not in its config, so they are asked of the
+        main plugin that writes them, with the network object the agent knows.
+        A driver that needs more of the cluster than the agent holds names none.
+        """
+        known = self.node_state.network(request.name)
+        if known is None:
+            return ()
+        try:
+            plugin = self.registry.main_plugin(request.config["plugin"]["type"])
+            attachment = plugin.network_attachment(known, StaticCluster())
+        except MultinicError as e:
+            log.debug("network %s: no resource name from its main plugin: %s", request.name, e)
+            return ()
+        return resource_names(attachment.annotations.get(RESOURCE_NAME_ANNOTATION, ""))
+
+    async def _pod_devices(
+        self, request: CniRequest, network: MultiNicNetwork, resources: Sequence[str]
+    ) -> PodDevices | None:
+        """The pod's device allocations from the kubelet, when selection may use them."""
+        strategy = network.spec.attach_policy.strategy or "none"
+        if self.pod_resources is None or (not resources and strategy in _DEVICE_BLIND_POLICIES):
+            return None
+        if (request.config.get("runtimeConfig") or {}).get("deviceID"):
+            return None  # Multus already passed the allocation; it wins.
+        pod = request.pod
+        try:
+            return await self.pod_resources.pod_devices_async(pod.namespace, pod.name)
+        except TryAgainError as e:
+            if resources:
+                # The network's devices are the selection: without them ADD
+                # would attach the wrong NICs.
+                raise TryAgainError(
+                    f"network {network.name} needs the pod's {', '.join(resources)} devices: {e}"
+                ) from e
+            log.warning("network %s: pod %s/%s: %s", network.name, pod.namespace, pod.name, e)
+            return None
+
+    def _select(
+        self,
+        request: CniRequest,
+        network: MultiNicNetwork,
+        resources: Sequence[str] = (),
+        pod_devices: PodDevices | None = None,
+    ) -> list[SelectedNic]:
         cni_args = (request.config.get("args") or {}).get("cni")
         try:
             pod_args = PodArgs.from_cni_args(cni_args if isinstance(cni_args, dict) else None)
@@ -364,6 +424,8 @@ class CniServer:
             raise CniError(
                 CODE_INVALID_CONFIG, f"runtimeConfig.deviceID must be a PCI address: {device_ids!r}"
             )
+        if not device_ids and pod_devices is not None:
+            device_ids = pod_devices.device_ids(resources)
         if device_ids:
             # Device-plugin allocations win: no attach policy runs.
             try:
@@ -386,6 +448,12 @@ class CniServer:
             usage=self.records.usage(),
             device_classes=self.node_state.device_class,
         )
+        if pod_devices is not None:
+            selection = replace(
+                selection,
+                device_ids=tuple(pod_devices.other_device_ids(resources)),
+                numa_node_of=pod_devices.numa_node_of,
+            )
         try:
             nics = policy.select_nics(selection)
         except SelectionError as e:
@@ -424,7 +492,10 @@ class CniServer:
 
     async def _attach(self, request: CniRequest) -> dict[str, Any]:
         network = network_of(request.config, self.node_state.network(request.name))
-        nics = self._select(request, network)
+        resources = self._network_resources(request)
+        nics = self._select(
+            request, network, resources, await self._pod_devices(request, network, resources)
+        )
         ipam_plugin = self.registry.ipam(request.config["ipam"]["type"])
         main_plugin = self.registry.main_plugin(request.config["plugin"]["type"])
         ipam_request = self._ipam_request(request, network, nics)

@@ -57,7 +57,7 @@ def select_devices(
         if parent is None:
             known = ", ".join(f"{n.interface_name}={p}" for p, n in by_pci.items()) or "none"
             raise SelectionError(
-                f"runtimeConfig.deviceID {raw!r} is neither a NIC of this node nor a VF of one "
+                f"allocated device {raw!r} is neither a NIC of this node nor a VF of one "
                 f"(NICs with PCI addresses: {known})"
             )
         # A VF has no host address of its own: only the PF's network applies.

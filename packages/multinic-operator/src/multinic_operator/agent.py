@@ -38,13 +38,19 @@ CNI_BIN_POD_PATH = "/host/opt/cni/bin"
 
 # Host paths the agent needs whatever the Config says: where the CNI shim is
 # installed, its unix socket, its durable journal, the pods' network
-# namespaces, and sysfs for NIC discovery.
+# namespaces, sysfs for NIC discovery, and the kubelet's device allocations.
 REQUIRED_MOUNTS = (
     HostPathMount(name="cni-bin", podpath=CNI_BIN_POD_PATH, hostpath="/opt/cni/bin"),
     HostPathMount(name="run-multinic", podpath="/run/multinic", hostpath="/run/multinic"),
     HostPathMount(name="state", podpath="/var/lib/multinic", hostpath="/var/lib/multinic"),
     HostPathMount(name="netns", podpath="/var/run/netns", hostpath="/var/run/netns"),
     HostPathMount(name="sys", podpath="/sys", hostpath="/sys"),
+    # The kubelet's PodResources socket: which devices (VFs, GPUs) a pod holds.
+    HostPathMount(
+        name="pod-resources",
+        podpath="/var/lib/kubelet/pod-resources",
+        hostpath="/var/lib/kubelet/pod-resources",
+    ),
 )
 OPTIONAL_POD_KEYS = ("nodeSelector", "imagePullSecrets")
 # Network namespaces are mounted by the runtime after the agent starts.
