@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from kubernetes import client
 
 from multinic_agent.kube_api import ResourceWatch
-from multinic_core.errors import ConfigError
+from multinic_core.errors import ConfigError, TryAgainError
 from multinic_core.models import (
     DeviceClass,
     DeviceClassSpec,
@@ -73,11 +73,22 @@ class KubeNodeState:
     # ------------------------------------------------------------------ NodeState
 
     def nics(self) -> list[InterfaceInfo]:
-        """The HostInterface's NICs; before it exists, what discovery found locally."""
+        """The HostInterface's NICs; before it exists, what discovery found locally.
+
+        :raises TryAgainError: when neither has answered yet (agent starting).
+        """
         found = self._parse(HostInterface, self.host_interface.get(self.node))
         if found is not None:
             return list(found.spec.interfaces)
-        return list(self.local_nics())
+        local = list(self.local_nics())
+        if not local:
+            # Right after a (re)start neither discovery nor the watch has answered
+            # yet: the NICs are unknown, not absent, so the runtime should retry.
+            raise TryAgainError(
+                f"node {self.node}: NICs not known yet (no HostInterface {self.node} "
+                "and no discovery done)"
+            )
+        return local
 
     def pools_for(self, network: str) -> list[IPPoolSpec]:
         pools = []
