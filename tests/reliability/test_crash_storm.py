@@ -194,11 +194,8 @@ def pod_addresses(pods: Any, netns: str) -> list[str]:
     return [a.split("/")[0] for nic in ("net1-0", "net1-1") for a in found.get(nic, [])]
 
 
-def test_kill_9_storm_loses_and_leaks_nothing(
-    hosts: list[SimHost], pods: Any, figures: dict[str, Any]
-) -> None:
-    rng = random.Random(FUZZ_SEED or 7)
-    storm = Storm(hosts, pods, CHAOS_OPS, rng)
+def run_storm(storm: Storm, rng: random.Random) -> tuple[int, float]:
+    """Run the storm's workers while agents are killed at random; (kills, seconds)."""
     stop = threading.Event()
     started = time.monotonic()
     with ThreadPoolExecutor(1) as killer_pool:
@@ -210,7 +207,15 @@ def test_kill_9_storm_loses_and_leaks_nothing(
         finally:
             stop.set()
         kills = killer.result()
-    storm_seconds = time.monotonic() - started
+    return kills, time.monotonic() - started
+
+
+def test_kill_9_storm_loses_and_leaks_nothing(
+    hosts: list[SimHost], pods: Any, figures: dict[str, Any]
+) -> None:
+    rng = random.Random(FUZZ_SEED or 7)
+    storm = Storm(hosts, pods, CHAOS_OPS, rng)
+    kills, storm_seconds = run_storm(storm, rng)
     assert kills >= storm.min_kills
     assert storm.calls["ADD ok"] > 0, storm.calls
     assert storm.calls["ADD 11"] > 0, storm.calls

@@ -20,10 +20,8 @@ from __future__ import annotations
 import random
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,12 +32,11 @@ from multinic_sim.testing import wait_for
 
 from .conftest import CHAOS_OPS, FUZZ_SEED, REPO, load_test_module, node_fixtures
 from .test_crash_storm import (
-    WORKERS,
     SimHost,
     Storm,
     host_network_view,
     host_pools,
-    kill_agents,
+    run_storm,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -218,18 +215,7 @@ def test_kill_9_storm_keeps_the_ippools_equal_to_the_journals(
     kube_api = api_hosts.kube_api
     rng = random.Random(FUZZ_SEED or 11)
     storm = Storm(hosts, pods, CHAOS_OPS, rng)
-    stop = threading.Event()
-    started = time.monotonic()
-    with ThreadPoolExecutor(1) as killer_pool:
-        killer = killer_pool.submit(kill_agents, storm, stop, random.Random(rng.random()))
-        try:
-            with ThreadPoolExecutor(WORKERS) as workers:
-                for done in [workers.submit(storm.worker) for _ in range(WORKERS)]:
-                    done.result()
-        finally:
-            stop.set()
-        kills = killer.result()
-    storm_seconds = time.monotonic() - started
+    kills, storm_seconds = run_storm(storm, rng)
     assert kills >= storm.min_kills
     assert storm.calls["ADD ok"] > 0, storm.calls
     # A restarting agent is "not ready" (11), never failed for good (999): it
