@@ -274,32 +274,24 @@ class Runtime:
         )
         return CniOutcome(done.returncode, done.stdout, done.stderr)
 
-    def add(
+    def verb(
         self,
+        command: str,
         container_id: str,
         netns: str,
         config: dict[str, Any] | None = None,
         ifname: str = "net1",
     ) -> CniOutcome:
-        return self.run(self.env("ADD", container_id, netns, ifname), config or netconf())
+        return self.run(self.env(command, container_id, netns, ifname), config or netconf())
 
-    def delete(
-        self,
-        container_id: str,
-        netns: str,
-        config: dict[str, Any] | None = None,
-        ifname: str = "net1",
-    ) -> CniOutcome:
-        return self.run(self.env("DEL", container_id, netns, ifname), config or netconf())
+    def add(self, *args: Any, **kwargs: Any) -> CniOutcome:
+        return self.verb("ADD", *args, **kwargs)
 
-    def check(
-        self,
-        container_id: str,
-        netns: str,
-        config: dict[str, Any] | None = None,
-        ifname: str = "net1",
-    ) -> CniOutcome:
-        return self.run(self.env("CHECK", container_id, netns, ifname), config or netconf())
+    def delete(self, *args: Any, **kwargs: Any) -> CniOutcome:
+        return self.verb("DEL", *args, **kwargs)
+
+    def check(self, *args: Any, **kwargs: Any) -> CniOutcome:
+        return self.verb("CHECK", *args, **kwargs)
 
 
 class Pods:
