@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +16,40 @@ import pytest
 import yaml
 from kubernetes.client import ApiException
 
+from multinic_sim.cluster_builder import SimCluster
 from multinic_sim.testing import KubeTestApi
 
 DATA = Path(__file__).parent / "data"
 GROUP, VERSION, PLURAL = "test.multinic.dev", "v1", "widgets"
 CRD_NAME = f"{PLURAL}.{GROUP}"
+
+
+SIM = str(Path(sys.executable).parent / "multinic-sim")
+
+
+@contextmanager
+def simulated_cluster(
+    tmp_path_factory: pytest.TempPathFactory, tag: str, *, hosts: int, nics: int
+) -> Iterator[SimCluster]:
+    """``multinic-sim up`` a cluster (root only), ``down`` it afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces, netlink)")
+    state_dir = tmp_path_factory.mktemp(tag) / "state"
+    prefix = f"{tag[0]}{secrets.token_hex(3)}"
+    try:
+        up = subprocess.run(
+            [SIM, "up", "--hosts", str(hosts), "--nics", str(nics), "--prefix", prefix,
+             "--state-dir", str(state_dir)],
+            capture_output=True, text=True, check=False, timeout=300,
+        )  # fmt: skip
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "cluster up: KUBECONFIG=" in up.stdout
+        yield SimCluster.load(state_dir)
+    finally:
+        subprocess.run(
+            [SIM, "down", "--state-dir", str(state_dir), "--prefix", prefix],
+            capture_output=True, check=False, timeout=300,
+        )  # fmt: skip
 
 
 def load_yaml(name: str) -> Any:

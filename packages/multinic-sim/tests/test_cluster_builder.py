@@ -16,13 +16,17 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client, config
 
 from multinic_sim.cluster_builder import SimCluster
 from multinic_sim.fabric import leftovers, run_ip
-from multinic_sim.processes import alive, processes_of
+from multinic_sim.processes import alive, processes_of, program, start_daemon
+
+from .conftest import simulated_cluster
 
 CLI = [str(Path(sys.executable).parent / "multinic-sim")]
 
@@ -58,18 +62,8 @@ def python_in_netns(netns: str, code: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimCluster]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces, netlink)")
-    state_dir = tmp_path_factory.mktemp("sim") / "state"
-    prefix = f"t{secrets.token_hex(3)}"
-    try:
-        out = sim(
-            "up", "--hosts", "2", "--nics", "2", "--prefix", prefix, "--state-dir", str(state_dir)
-        )
-        assert "cluster up: KUBECONFIG=" in out.stdout
-        yield SimCluster.load(state_dir)
-    finally:
-        sim("down", "--state-dir", str(state_dir), "--prefix", prefix, check=False)
+    with simulated_cluster(tmp_path_factory, "sim", hosts=2, nics=2) as cluster:
+        yield cluster
 
 
 @pytest.mark.root
@@ -149,7 +143,7 @@ def test_down_after_kill_9_of_everything_still_cleans_up(tmp_path: Path) -> None
     try:
         sim("up", "--hosts", "2", "--nics", "1", "--prefix", prefix, "--state-dir", str(state_dir))
         daemons = processes_of(state_dir)
-        assert len(daemons) == 4  # API server, operator, two agents
+        assert len(daemons) == 5  # API server, operator, kubelet, two agents
         # kill -9 the API server and the operator; the record of pids is lost too,
         # so the agents (still running) must be found by scanning /proc.
         recorded = SimCluster.load(state_dir).pids
@@ -161,10 +155,10 @@ def test_down_after_kill_9_of_everything_still_cleans_up(tmp_path: Path) -> None
             time.sleep(0.05)
         (state_dir / "cluster.json").unlink()
         out = sim("down", "--state-dir", str(state_dir), "--prefix", prefix)
-        # The two agents, and any helper process they had forked at that moment.
+        # The kubelet, the two agents, and any helper process forked at that moment.
         stopped = re.search(r"stopped (\d+) processes", out.stdout)
         assert stopped is not None, out.stdout
-        assert int(stopped.group(1)) >= 2
+        assert int(stopped.group(1)) >= 3
         assert f"removed {2 + 1} namespaces" in out.stdout
         assert_nothing_left(state_dir, prefix)
         assert all(not alive(pid) for pid in daemons)
@@ -199,3 +193,125 @@ def test_the_api_server_names_a_host_namespace_it_cannot_listen_in() -> None:
     assert out.returncode == 1
     assert "in network namespace no-such-netns-here: No such file or directory" in out.stderr
     assert out.stdout == ""  # no kubeconfig announced for a server that is not serving
+
+
+# -- the simulated kubelet ----------------------------------------------------------
+
+
+def core_api(cluster: SimCluster) -> Any:
+    return client.CoreV1Api(config.new_client_from_config(config_file=str(cluster.kubeconfig)))
+
+
+def wait_until(check: Any, what: str, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(0.1)
+
+
+def gone(core: Any, name: str) -> bool:
+    try:
+        core.read_namespaced_pod(name, "default")
+    except client.ApiException as e:
+        return e.status == 404
+    return False
+
+
+def pod_body(name: str, node: str, networks: str | None = None) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name}
+    if networks is not None:
+        metadata["annotations"] = {"k8s.v1.cni.cncf.io/networks": networks}
+    return {
+        "metadata": metadata,
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
+    }
+
+
+def run_pod(core: Any, name: str, node: str) -> Any:
+    """Create a pod without secondary networks on ``node``; the pod once Running."""
+    core.create_namespaced_pod("default", pod_body(name, node))
+
+    def running() -> Any:
+        pod = core.read_namespaced_pod(name, "default")
+        return pod if pod.status.phase == "Running" else None
+
+    return wait_until(running, f"pod {name} Running")
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_kubelet_runs_a_bound_pod_serves_exec_and_removes_it_on_delete(
+    cluster: SimCluster,
+) -> None:
+    core = core_api(cluster)
+    pod = run_pod(core, "plain", "host-1")
+    netns = pod.metadata.annotations["sim.multinic.dev/netns"]
+    assert netns in leftovers(cluster.layout.prefix)
+    assert json.loads(pod.metadata.annotations["k8s.v1.cni.cncf.io/network-status"]) == []
+    assert pod.status.host_ip == cluster.layout.nic_address(1, 0)
+    # pods/exec through the API server runs in the pod's network namespace.
+    from kubernetes.stream import stream
+
+    links = stream(
+        core.connect_get_namespaced_pod_exec, "plain", "default",
+        command=["ip", "-o", "link", "show"], stdout=True, stderr=True, stdin=False, tty=False,
+    )  # fmt: skip
+    assert [line.split(":")[1].strip() for line in links.splitlines()] == ["lo"]
+    core.delete_namespaced_pod("plain", "default")
+    wait_until(lambda: gone(core, "plain"), "pod plain deleted by its kubelet")
+    assert netns not in leftovers(cluster.layout.prefix)
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_a_pod_whose_network_has_no_nad_stays_pending_with_an_event_naming_it(
+    cluster: SimCluster,
+) -> None:
+    core = core_api(cluster)
+    core.create_namespaced_pod("default", pod_body("orphan", "host-0", "nosuch"))
+    event = wait_until(
+        lambda: (
+            core.list_namespaced_event(
+                "default", field_selector="involvedObject.name=orphan,reason=FailedCreatePodSandBox"
+            ).items
+        ),
+        "a FailedCreatePodSandBox event",
+    )[0]
+    assert event.type == "Warning"
+    assert "cannot find a network-attachment-definition (nosuch) in namespace (default)" in (
+        event.message
+    )
+    assert core.read_namespaced_pod("orphan", "default").status.phase == "Pending"
+    assert f"{cluster.layout.prefix}-pod-default-orphan" not in leftovers(cluster.layout.prefix)
+    # A pod that never ran goes as soon as it is deleted.
+    core.delete_namespaced_pod("orphan", "default")
+    wait_until(lambda: gone(core, "orphan"), "pod orphan deleted")
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_a_pod_deleted_while_the_kubelet_is_down_is_detached_when_it_is_back(
+    cluster: SimCluster,
+) -> None:
+    core = core_api(cluster)
+    pod = run_pod(core, "survivor", "host-0")
+    netns = pod.metadata.annotations["sim.multinic.dev/netns"]
+    os.kill(cluster.pids["kubelet"], signal.SIGKILL)
+    wait_until(lambda: not alive(cluster.pids["kubelet"]), "kubelet dead")
+    core.delete_namespaced_pod("survivor", "default")
+    time.sleep(1.0)
+    # Nobody detached it: the pod waits, terminating, and its namespace is still there.
+    terminating = core.read_namespaced_pod("survivor", "default")
+    assert terminating.metadata.deletion_timestamp is not None
+    assert netns in leftovers(cluster.layout.prefix)
+    pid = start_daemon(
+        [program("multinic-sim"), "kubelet", "--state-dir", str(cluster.state_dir)],
+        cluster.logs_dir / "kubelet.log",
+    )
+    cluster.pids["kubelet"] = pid
+    cluster.save()
+    wait_until(lambda: gone(core, "survivor"), "pod survivor deleted by the restarted kubelet")
+    assert netns not in leftovers(cluster.layout.prefix)

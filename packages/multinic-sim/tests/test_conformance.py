@@ -1069,6 +1069,45 @@ def test_leases_events_and_rbac_are_stored(kube_api: KubeTestApi, kube_namespace
     assert rbac.read_namespaced_role("reader", kube_namespace).rules[0].verbs == ["get"]
 
 
+def test_a_pod_bound_to_a_node_is_deleted_gracefully(
+    kube_api: KubeTestApi, kube_namespace: str
+) -> None:
+    """Its kubelet must stop it first: deletionTimestamp, then gone on a grace-0 delete."""
+    core = kube_api.core_v1
+    spec = {"containers": [{"name": "c", "image": "busybox"}], "nodeName": "no-such-node"}
+    core.create_namespaced_pod(kube_namespace, {"metadata": {"name": "bound"}, "spec": spec})
+    core.create_namespaced_pod(
+        kube_namespace,
+        {"metadata": {"name": "unbound"}, "spec": {"containers": spec["containers"]}},
+    )
+    core.delete_namespaced_pod("bound", kube_namespace)
+    terminating = core.read_namespaced_pod("bound", kube_namespace)
+    assert terminating.metadata.deletion_timestamp is not None
+    assert terminating.metadata.deletion_grace_period_seconds == 30
+    # A longer grace period never extends it; a shorter one shortens it.
+    core.delete_namespaced_pod("bound", kube_namespace, grace_period_seconds=60)
+    assert (
+        core.read_namespaced_pod("bound", kube_namespace).metadata.deletion_grace_period_seconds
+        == 30
+    )
+    core.delete_namespaced_pod("bound", kube_namespace, grace_period_seconds=5)
+    assert (
+        core.read_namespaced_pod("bound", kube_namespace).metadata.deletion_grace_period_seconds
+        == 5
+    )
+    core.delete_namespaced_pod("bound", kube_namespace, grace_period_seconds=0)
+    # A pod no node runs goes at once.
+    core.delete_namespaced_pod("unbound", kube_namespace)
+    for name in ("bound", "unbound"):
+        wait_for(
+            lambda name=name: (
+                name
+                not in [p.metadata.name for p in core.list_namespaced_pod(kube_namespace).items]
+            ),
+            what=f"pod {name} gone",
+        )
+
+
 def test_pod_status_subresource(kube_api: KubeTestApi, kube_namespace: str) -> None:
     core = kube_api.core_v1
     pod = core.create_namespaced_pod(

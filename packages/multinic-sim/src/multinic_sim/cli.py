@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -43,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         default=None,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log verbosity on standard error (default: INFO for apiserver, WARNING for "
-        "the cluster commands, whose progress is on standard output)",
+        help="log verbosity on standard error (default: INFO for apiserver and kubelet, "
+        "WARNING for the cluster commands, whose progress is on standard output)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
@@ -148,13 +149,16 @@ def _add_cluster_commands(commands: Any) -> None:
         help="namespace prefix when the cluster record is lost (default: recorded, else "
         f"{DEFAULT_PREFIX})",
     )
-    pod = commands.add_parser("pod", help="simulated pods attached through the CNI shim")
+    pod = commands.add_parser("pod", help="pods on the simulated hosts, made through the API")
     pod_commands = pod.add_subparsers(dest="pod_command", metavar="ACTION")
     pod_commands.required = True
     add = pod_commands.add_parser(
         "add",
         parents=[state],
-        help="create a pod namespace and attach it with CNI ADD (as a runtime would)",
+        help="create a pod on a host with a network; wait until the kubelet attached it",
+        description="Create a Pod bound to a simulated host with the network selection "
+        "annotation, and wait until the simulated kubelet has attached it through the CNI "
+        "shim (CNI ADD) and set it Running.",
     )
     add.add_argument("name")
     add.add_argument("--host", required=True, help="node name (host-0) or index (0)")
@@ -166,28 +170,67 @@ def _add_cluster_commands(commands: Any) -> None:
         type=float,
         default=60.0,
         metavar="S",
-        help="keep retrying while the agent answers 'try again' (default: %(default)s)",
+        help="keep waiting while the agent answers 'try again' (default: %(default)s)",
     )
     delete = pod_commands.add_parser(
-        "del", parents=[state], help="detach a pod (CNI DEL), remove its namespace and object"
+        "del",
+        parents=[state],
+        help="delete a pod; wait until the kubelet detached it (CNI DEL) and it is gone",
     )
     delete.add_argument("name")
+    delete.add_argument("--namespace", default="default")
     listing = pod_commands.add_parser(
-        "list", parents=[state], help="pods, their hosts, interfaces and addresses"
+        "list", parents=[state], help="pods on the simulated hosts, their interfaces and addresses"
     )
     listing.add_argument("--json", action="store_true", help="machine-readable output")
+    commands.add_parser(
+        "kubelet",
+        parents=[state],
+        help="the simulated hosts' kubelet and Multus (started by `up`)",
+        description="Run the pods bound to the simulated hosts: attach them through their "
+        "networks' CNI plugins, report them Running, detach deleted ones, serve pods/exec. "
+        "`multinic-sim up` starts it; run it by hand only to debug.",
+    )
     check = commands.add_parser(
         "concheck",
         parents=[state],
         help="ping (and iperf3) between pods of every host pair on every NIC",
-        description="For every pair of hosts and every NIC, ping from the pod on one to the "
-        "pod on the other (and measure bandwidth with iperf3 when installed). Exit status 1 "
-        "when any pair is not connected on every NIC.",
+        description="For every network, every pair of hosts and every NIC, ping from a pod on "
+        "one to a pod on the other through the API's pods/exec (and measure bandwidth with "
+        "iperf3 when the pods have it). Uses a Running pod of the network per host, else "
+        "creates one (and deletes it afterwards). Works on the simulated cluster (default) and "
+        "on a real one (--kubeconfig). Exit status 1 when any pair is not connected on every NIC.",
     )
     check.add_argument("--network", default=None, help="only this network")
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.add_argument(
         "--no-bandwidth", action="store_true", help="skip the iperf3 bandwidth measurement"
+    )
+    check.add_argument(
+        "--kubeconfig",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="check a real cluster through this kubeconfig (default: the simulated cluster)",
+    )
+    check.add_argument(
+        "--namespace", default="default", help="where the pods are (default: %(default)s)"
+    )
+    check.add_argument(
+        "--image",
+        default=None,
+        help="image of the pods concheck creates; needs sleep and ping, iperf3 for bandwidth "
+        "(default: nicolaka/netshoot; ignored by the simulated kubelet)",
+    )
+    check.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="seconds to wait for a created pod to run (default: %(default)s)",
+    )
+    check.add_argument(
+        "--keep-pods", action="store_true", help="do not delete the pods concheck created"
     )
     demo = commands.add_parser(
         "demo",
@@ -207,7 +250,7 @@ def _add_cluster_commands(commands: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=args.log_level or ("INFO" if args.command == "apiserver" else "WARNING"),
+        level=args.log_level or ("INFO" if args.command in ("apiserver", "kubelet") else "WARNING"),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
@@ -220,6 +263,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`... | head`): nothing left to say, and the
+        # interpreter's final flush must not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 2
 
 
@@ -237,6 +285,8 @@ def _run_cluster_command(args: argparse.Namespace) -> int:
     except ApiException as e:
         raise SimError(f"the API server answered {e.status} {e.reason}: {e.body}") from e
     except HTTPError as e:
+        if getattr(args, "kubeconfig", None) is not None and args.command == "concheck":
+            raise SimError(f"the API server of {args.kubeconfig} does not answer ({e})") from e
         raise SimError(
             f"the simulated cluster's API server does not answer ({e}); its log is "
             f"{state_dir / 'logs' / 'apiserver.log'}"
@@ -244,7 +294,7 @@ def _run_cluster_command(args: argparse.Namespace) -> int:
 
 
 def _cluster_command(args: argparse.Namespace, state_dir: Path) -> int:
-    from multinic_sim import cluster_builder, concheck, demo, pods  # noqa: PLC0415
+    from multinic_sim import cluster_builder, demo, pods  # noqa: PLC0415
 
     if args.command == "down":
         removed = cluster_builder.down(state_dir, args.prefix)
@@ -266,29 +316,58 @@ def _cluster_command(args: argparse.Namespace, state_dir: Path) -> int:
         cluster = cluster_builder.up(state_dir, layout, ProgressLog(), args.timeout)
         print(f"cluster up: KUBECONFIG={cluster.kubeconfig}")
         return 0
+    if args.command == "concheck" and args.kubeconfig is not None:
+        return _concheck(args, args.kubeconfig)
     cluster = cluster_builder.SimCluster.load(state_dir)
+    if args.command == "kubelet":
+        from multinic_sim.kubelet import run_kubelet  # noqa: PLC0415
+
+        return run_kubelet(state_dir)
+    if args.command == "concheck":
+        return _concheck(args, cluster.kubeconfig)
     runtime = pods.PodRuntime(cluster)
-    if args.command == "pod":
-        if args.pod_command == "add":
-            record = runtime.add(
-                args.name,
-                args.host,
-                args.network,
-                nics=args.nics,
-                namespace=args.namespace,
-                timeout=args.timeout,
-            )
-            addresses = ", ".join(f"{i.name} {i.address}" for i in runtime.interfaces(record))
-            print(f"pod {record.namespace}/{record.name} on {record.node}: {addresses}")
-        elif args.pod_command == "del":
-            record = runtime.delete(args.name)
-            print(f"pod {record.namespace}/{record.name} deleted")
-        elif args.json:
-            print(json.dumps(_pod_listing(runtime), indent=2))
-        else:
-            print(demo.pod_table(runtime))
-        return 0
-    results = concheck.run_concheck(runtime, args.network, bandwidth=not args.no_bandwidth)
+    if args.pod_command == "add":
+        view = runtime.add(
+            args.name,
+            args.host,
+            args.network,
+            nics=args.nics,
+            namespace=args.namespace,
+            timeout=args.timeout,
+        )
+        addresses = ", ".join(f"{i.name} {i.ip}" for i in view.interfaces)
+        print(f"pod {view.namespace}/{view.name} on {view.node}: {addresses}")
+    elif args.pod_command == "del":
+        runtime.delete(args.name, args.namespace)
+        print(f"pod {args.namespace}/{args.name} deleted")
+    elif args.json:
+        print(json.dumps([_pod_json(view) for view in runtime.list()], indent=2))
+    else:
+        print(demo.pod_table(runtime.list()))
+    return 0
+
+
+def _concheck(args: argparse.Namespace, kubeconfig: Path) -> int:
+    from kubernetes import config  # noqa: PLC0415
+
+    from multinic_sim import concheck  # noqa: PLC0415
+
+    if not kubeconfig.is_file():
+        raise SimError(f"no kubeconfig {kubeconfig}")
+    options = concheck.CheckOptions(
+        namespace=args.namespace,
+        bandwidth=not args.no_bandwidth,
+        image=args.image or concheck.DEFAULT_IMAGE,
+        timeout=args.timeout,
+        keep_pods=args.keep_pods,
+    )
+    api = config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+    try:
+        results = concheck.run_concheck(
+            api, args.network, options, say=lambda line: print(line, file=sys.stderr)
+        )
+    finally:
+        api.close()
     if args.json:
         print(json.dumps(concheck.as_json(results), indent=2))
     else:
@@ -296,21 +375,19 @@ def _cluster_command(args: argparse.Namespace, state_dir: Path) -> int:
     return 0 if concheck.all_connected(results) else 1
 
 
-def _pod_listing(runtime: Any) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": record.name,
-            "namespace": record.namespace,
-            "node": record.node,
-            "network": record.network,
-            "netns": record.netns,
-            "interfaces": [
-                {"name": i.name, "address": i.address, "mac": i.mac}
-                for i in runtime.interfaces(record)
-            ],
-        }
-        for record in runtime.records()
-    ]
+def _pod_json(view: Any) -> dict[str, Any]:
+    return {
+        "name": view.name,
+        "namespace": view.namespace,
+        "node": view.node,
+        "phase": view.phase,
+        "networks": view.networks,
+        "netns": view.netns,
+        "interfaces": [
+            {"name": i.name, "ip": i.ip, "mac": i.mac, "network": i.network, "nic": i.nic_index}
+            for i in view.interfaces
+        ],
+    }
 
 
 def _kubeconfig_path(args: argparse.Namespace) -> Path:

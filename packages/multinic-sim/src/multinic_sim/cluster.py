@@ -17,7 +17,7 @@ import logging
 import re
 import secrets
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from multinic_sim import errors
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 CRD_GR: GroupResource = ("apiextensions.k8s.io", "customresourcedefinitions")
 NAMESPACE_GR: GroupResource = ("", "namespaces")
+POD_GR: GroupResource = ("", "pods")
 CRD_CLEANUP_FINALIZER = "customresourcecleanup.apiextensions.k8s.io"
 FOREGROUND = "foregroundDeletion"
 ORPHAN = "orphan"
@@ -58,6 +59,24 @@ _NAME_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
 def now_timestamp() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _pod_grace_period(rt: ResourceType, obj: Obj, options: DeleteOptions) -> int:
+    """Seconds a deleted pod may take to stop; 0 deletes at once (Kubernetes' pod strategy).
+
+    Pods not bound to a node and pods that have finished go at once; otherwise
+    the request's gracePeriodSeconds, else the pod's terminationGracePeriodSeconds
+    (default 30). Every other resource: 0.
+    """
+    if rt.group_resource != POD_GR:
+        return 0
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    if not spec.get("nodeName") or status.get("phase") in ("Succeeded", "Failed"):
+        return 0
+    grace = options.grace_period_seconds
+    if grace is None:
+        grace = int(spec.get("terminationGracePeriodSeconds", 30))
+    return 1 if grace < 0 else grace
 
 
 def _without(obj: Obj, *keys: str) -> Obj:
@@ -96,11 +115,13 @@ class DeleteOptions:
         precondition_uid: str | None = None,
         precondition_rv: str | None = None,
         dry_run: bool = False,
+        grace_period_seconds: int | None = None,
     ) -> None:
         self.propagation = propagation
         self.precondition_uid = precondition_uid
         self.precondition_rv = precondition_rv
         self.dry_run = dry_run
+        self.grace_period_seconds = grace_period_seconds
 
     @classmethod
     def parse(cls, body: Any, query: dict[str, str]) -> DeleteOptions:
@@ -125,7 +146,13 @@ class DeleteOptions:
             )
         pre = body.get("preconditions") or {}
         dry = body.get("dryRun") or ([query["dryRun"]] if "dryRun" in query else [])
-        return cls(policy, pre.get("uid"), pre.get("resourceVersion"), "All" in dry)
+        grace = body.get("gracePeriodSeconds", query.get("gracePeriodSeconds"))
+        if grace is not None:
+            try:
+                grace = int(grace)
+            except (TypeError, ValueError) as e:
+                raise errors.bad_request(f"gracePeriodSeconds: invalid value {grace!r}") from e
+        return cls(policy, pre.get("uid"), pre.get("resourceVersion"), "All" in dry, grace)
 
 
 class ClusterState:
@@ -919,6 +946,9 @@ class ClusterState:
                 f"{options.precondition_rv}, ResourceVersion in meta: "
                 f"{meta.get('resourceVersion')}",
             )
+        grace = _pod_grace_period(rt, obj, options)
+        if grace:
+            return self._delete_gracefully(rt, obj, grace, options)
         finalizers = list(meta.get("finalizers") or [])
         if options.propagation == "Foreground" and FOREGROUND not in finalizers:
             finalizers = [f for f in finalizers if f != ORPHAN] + [FOREGROUND]
@@ -953,6 +983,32 @@ class ClusterState:
         if _comparable(new) == _comparable(obj):
             return self.view(rt, obj)
         new_meta["resourceVersion"] = str(self.store.next_revision())
+        self.store.put(rt.group_resource, new, obj)
+        return self.view(rt, new)
+
+    def _delete_gracefully(
+        self, rt: ResourceType, obj: Obj, grace: int, options: DeleteOptions
+    ) -> Obj:
+        """Mark a pod bound to a node as terminating; its kubelet deletes it when stopped.
+
+        As in Kubernetes: ``deletionTimestamp`` is now + the grace period, and a
+        later delete may only shorten it (a grace period of 0 removes the pod).
+        """
+        meta = obj["metadata"]
+        current = meta.get("deletionGracePeriodSeconds")
+        if current is not None and current <= grace:
+            return self.view(rt, obj)
+        new = dict(obj)
+        new["metadata"] = {
+            **meta,
+            "deletionTimestamp": (datetime.now(UTC) + timedelta(seconds=grace)).strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            ),
+            "deletionGracePeriodSeconds": grace,
+        }
+        if options.dry_run:
+            return self.view(rt, new)
+        new["metadata"]["resourceVersion"] = str(self.store.next_revision())
         self.store.put(rt.group_resource, new, obj)
         return self.view(rt, new)
 
@@ -1023,10 +1079,21 @@ class ClusterState:
             self.store.remove(gr, obj)
             return
         meta = obj["metadata"]
-        if meta.get("deletionTimestamp") and propagation == "Background":
+        if (
+            meta.get("deletionTimestamp")
+            and propagation == "Background"
+            and not meta.get("deletionGracePeriodSeconds")
+        ):
             return
         try:
-            self.delete(rt, meta.get("namespace"), meta["name"], DeleteOptions(propagation))
+            # At once, pods included: the simulation's namespace cleanup and garbage
+            # collector do not wait for kubelets (most simulated nodes have none).
+            self.delete(
+                rt,
+                meta.get("namespace"),
+                meta["name"],
+                DeleteOptions(propagation, grace_period_seconds=0),
+            )
         except ApiError as e:
             if e.code != 404:
                 raise

@@ -4,8 +4,9 @@
 secondary network), starts the local API server (listening on 127.0.0.1 in the
 root namespace and inside every host namespace), installs the CRDs and one
 Node per host, installs the ``multi-nic`` CNI shim, and starts the operator
-(root namespace) and one agent per host *inside* that host's namespace, so
-discovery, routes and delegates act on that host's links.
+(root namespace), one agent per host *inside* that host's namespace, so
+discovery, routes and delegates act on that host's links, and the simulated
+kubelet (:mod:`multinic_sim.kubelet`), which runs the pods bound to the hosts.
 
 Everything the cluster owns is named: namespaces start with the layout's
 prefix, files live in the state directory, and every daemon carries a path of
@@ -52,6 +53,7 @@ OPERATOR_NAMESPACE = "multinic-system"
 DELEGATE_DIR = "/usr/lib/cni"
 DEFAULT_CONFIG_NAME = "multi-nicd"
 STATE_DIR_ENV = "MULTINIC_SIM_STATE_DIR"
+SIMULATED_NODE = "multinic.dev/simulated=true"
 MULTINIC_GROUP, MULTINIC_VERSION = "multinic.fms.io", "v1"
 
 
@@ -93,10 +95,6 @@ class SimCluster:
     @property
     def shim(self) -> Path:
         return self.cni_bin_dir / "multi-nic"
-
-    @property
-    def pods_dir(self) -> Path:
-        return self.state_dir / "pods"
 
     def host_dir(self, host: int) -> Path:
         return self.state_dir / self.layout.host_name(host)
@@ -266,6 +264,27 @@ def _up(cluster: SimCluster, progress: ProgressLog, timeout: float) -> None:
         return sum(_accepts(cluster.agent_socket(h)) for h in range(layout.hosts)), layout.hosts
 
     progress.wait("agents serving their CNI sockets", agents_serving, timeout)
+    with progress.step("starting the kubelet (runs the hosts' pods, with Multus' part)"):
+        cluster.pids["kubelet"] = start_daemon(
+            [program("multinic-sim"), "kubelet", "--state-dir", str(cluster.state_dir)],
+            cluster.logs_dir / "kubelet.log",
+        )
+        cluster.save()
+
+    def kubelet_ready() -> tuple[int, int]:
+        cluster.check_daemons()
+        with cluster.api() as api:
+            from kubernetes import client  # noqa: PLC0415
+
+            nodes: Any = client.CoreV1Api(api).list_node(label_selector=SIMULATED_NODE).items
+        served = [
+            n
+            for n in nodes
+            if n.status.daemon_endpoints and n.status.daemon_endpoints.kubelet_endpoint.port
+        ]
+        return len(served), layout.hosts
+
+    progress.wait("kubelet serving the hosts", kubelet_ready, timeout)
 
     def operator_ready() -> tuple[int, int]:
         cluster.check_daemons()
@@ -329,7 +348,7 @@ def _install_cluster_objects(cluster: SimCluster) -> None:
                         "name": name,
                         "labels": {
                             "kubernetes.io/hostname": name,
-                            "multinic.dev/simulated": "true",
+                            SIMULATED_NODE.split("=", maxsplit=1)[0]: "true",
                         },
                     },
                     "status": {

@@ -22,9 +22,10 @@ from multinic_sim.cluster_builder import (
     down,
     up,
 )
-from multinic_sim.concheck import all_connected, render, run_concheck
+from multinic_sim.concheck import CheckOptions, all_connected, render, run_concheck
 from multinic_sim.fabric import FabricError, FabricLayout, run_ip
-from multinic_sim.pods import NAD_GROUP, NAD_PLURAL, NAD_VERSION, PodRuntime
+from multinic_sim.kubelet import NAD_GROUP, NAD_PLURAL, NAD_VERSION
+from multinic_sim.pods import PodRuntime, PodView
 from multinic_sim.progress import ProgressLog
 from multinic_sim.tables import render_table
 
@@ -252,12 +253,14 @@ def host_routes(cluster: SimCluster, host: int) -> str:
     return "\n".join(f"  {line.rstrip()}" for line in [*routes, *(f"rule {r}" for r in rules)])
 
 
-def pod_table(runtime: PodRuntime) -> str:
+def pod_table(pods: list[PodView]) -> str:
     rows = []
-    for record in runtime.records():
-        addresses = ", ".join(f"{i.name} {i.address}" for i in runtime.interfaces(record))
-        rows.append([record.name, record.node, record.network, addresses or "-"])
-    return render_table(["POD", "HOST", "NETWORK", "INTERFACES"], rows)
+    for pod in pods:
+        addresses = ", ".join(f"{i.name} {i.ip}" for i in pod.interfaces)
+        rows.append(
+            [pod.name, pod.namespace, pod.node, pod.phase, ",".join(pod.networks), addresses or "-"]
+        )
+    return render_table(["POD", "NAMESPACE", "HOST", "STATUS", "NETWORKS", "INTERFACES"], rows)
 
 
 # -- the demo --------------------------------------------------------------------
@@ -286,18 +289,26 @@ def run_demo(
                 f"{cluster.state_dir}` when done"
             )
         else:
-            runtime = PodRuntime(cluster)
-            records = runtime.records()
-            if records:
-                with progress.step(f"deleting {len(records)} pods (CNI DEL through the shim)"):
-                    for record in records:
-                        runtime.delete(record.name)
+            _delete_pods(cluster, progress, timeout)
             with progress.step("tearing down: processes, namespaces, files"):
                 removed = down(cluster.state_dir)
             progress.say(
                 f"removed {len(removed.processes)} processes, "
                 f"{len(removed.namespaces)} namespaces and {cluster.state_dir}"
             )
+
+
+def _delete_pods(cluster: SimCluster, progress: ProgressLog, timeout: float) -> None:
+    """Delete every pod (the kubelet detaches each through the shim) before tearing down."""
+    runtime = PodRuntime(cluster)
+    try:
+        pods = runtime.list()
+        if pods:
+            with progress.step(f"deleting {len(pods)} pods (CNI DEL through the shim)"):
+                for pod in pods:
+                    runtime.delete(pod.name, pod.namespace, timeout)
+    except Exception as e:
+        progress.say(f"deleting the pods failed ({e}); tearing down without CNI DEL")
 
 
 def _demo(
@@ -327,9 +338,14 @@ def _demo(
             name = f"{network.pod_prefix}-{host}"
             with progress.step(f"pod {name} on {layout.host_name(host)} ({network.name})"):
                 runtime.add(name, layout.host_name(host), network.name, timeout=timeout)
-    write("\npods:\n" + pod_table(runtime) + "\n\n")
-    with progress.step("concheck: every host pair, every NIC" + (" + iperf3" if bandwidth else "")):
-        results = run_concheck(runtime, bandwidth=bandwidth)
+    write("\npods:\n" + pod_table(runtime.list()) + "\n\n")
+    with (
+        progress.step("concheck: every host pair, every NIC" + (" + iperf3" if bandwidth else "")),
+        cluster.api() as api,
+    ):
+        results = run_concheck(
+            api, options=CheckOptions(bandwidth=bandwidth, timeout=timeout), say=progress.say
+        )
     write("\n" + render(results) + "\n\n")
     for network in networks:
         write(network_status(cluster, network.name) + "\n\n")

@@ -1,118 +1,195 @@
-"""Simulated pods: a Pod object plus a network namespace attached through the CNI shim.
+"""Pods of the simulated cluster, made and removed through the API as a user would.
 
-The simulation has no kubelet and no Multus, so ``pod add`` does their part
-exactly as they would: it creates the Pod object (``spec.nodeName``), a pod
-network namespace ``<prefix>-pod-<name>``, reads the network's
-NetworkAttachmentDefinition, and execs the ``multi-nic`` shim with the CNI
-environment (``CNI_COMMAND=ADD``, ``CNI_NETNS``, ``CNI_IFNAME=net1``,
-``CNI_ARGS=K8S_POD_*``...) and the NAD's config on stdin, with ``args.cni``
-holding the pod's cni-args (``{"nics": N}``) as Multus passes them. The
-shim talks to the agent of the pod's host over that host's unix socket.
+``pod add`` creates a Pod bound to a simulated host (``spec.nodeName``) with
+the network selection annotation ``k8s.v1.cni.cncf.io/networks`` and waits
+until the simulated kubelet (:mod:`multinic_sim.kubelet`) has attached it
+through the CNI shim and set it Running; ``pod del`` deletes it and waits
+until the kubelet has detached it and removed the object; ``pod list`` reads
+the pods and Multus' ``k8s.v1.cni.cncf.io/network-status`` annotations.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import secrets
-import subprocess
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-from multinic_sim.cluster_builder import DELEGATE_DIR, SimCluster
+from multinic_sim.cluster_builder import SimCluster
 from multinic_sim.errors import SimError
-from multinic_sim.fabric import FabricError, run_ip
+from multinic_sim.kubelet import (
+    NETNS_ANNOTATION,
+    NETWORK_STATUS_ANNOTATION,
+    NETWORKS_ANNOTATION,
+    SANDBOX_FAILED,
+    read_nad,
+)
 
 log = logging.getLogger(__name__)
 
 POD_IFNAME = "net1"
-NAD_GROUP, NAD_VERSION, NAD_PLURAL = "k8s.cni.cncf.io", "v1", "network-attachment-definitions"
-NETWORK_STATUS_ANNOTATION = "k8s.v1.cni.cncf.io/network-status"
 CODE_TRY_AGAIN = 11
-CNI_TIMEOUT_S = 120.0
+SIM_IMAGE = "multinic-sim/none"
 _POD_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?\Z")
+_CNI_CODE = re.compile(r"CNI error code (\d+)")
 
 
-class CniCallError(SimError):
-    """The CNI shim answered with an error; ``code`` is the CNI error code."""
+@dataclass(frozen=True)
+class PodInterface:
+    """A secondary interface of a pod, from its network-status annotation."""
 
-    def __init__(self, command: str, pod: str, code: int, msg: str, details: str = "") -> None:
-        text = f"CNI {command} of pod {pod} failed with code {code}: {msg}"
-        super().__init__(f"{text} ({details})" if details else text)
-        self.code = code
+    name: str
+    ip: str
+    mac: str
+    network: str
+    nic_index: int
 
 
 @dataclass
-class PodRecord:
-    """A simulated pod as ``pod add`` made it (``<state>/pods/<name>.json``)."""
+class PodView:
+    """A pod as the API shows it: where it runs and what it is attached to."""
 
     name: str
     namespace: str
     uid: str
     node: str
-    network: str
+    phase: str
+    networks: list[str]
     netns: str
-    container_id: str
-    nics: int | None = None
-    result: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class PodInterface:
-    """An interface of a pod, read live from its namespace."""
-
-    name: str
-    address: str  # with prefix length
-    mac: str
+    interfaces: list[PodInterface] = field(default_factory=list)
 
     @property
-    def ip(self) -> str:
-        return self.address.split("/", 1)[0]
+    def network(self) -> str:
+        return self.networks[0] if self.networks else ""
 
-    @property
-    def nic_index(self) -> int:
-        """``net1-<k>`` carries the pod's k-th selected NIC."""
-        return int(self.name.rsplit("-", 1)[1])
+
+def interfaces_of(annotations: dict[str, str]) -> list[PodInterface]:
+    """The secondary interfaces Multus recorded in ``network-status`` (no default network).
+
+    multinic names a pod's NICs ``<ifname>-<k>``: ``k`` is the NIC index; for
+    other plugins the interfaces of one network are counted in order.
+    """
+    try:
+        entries = json.loads(annotations.get(NETWORK_STATUS_ANNOTATION) or "[]")
+    except ValueError:
+        return []
+    found: list[PodInterface] = []
+    counted: dict[str, int] = {}
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or entry.get("default"):
+            continue
+        network = str(entry.get("name", "")).split("/")[-1]
+        ifname = str(entry.get("interface", ""))
+        ips = [ip for ip in entry.get("ips") or [] if ":" not in str(ip)] or entry.get("ips") or []
+        if not ips:
+            continue
+        suffix = ifname.rsplit("-", 1)[-1]
+        index = int(suffix) if "-" in ifname and suffix.isdigit() else counted.get(network, 0)
+        counted[network] = counted.get(network, 0) + 1
+        found.append(PodInterface(ifname, str(ips[0]), str(entry.get("mac", "")), network, index))
+    return found
+
+
+def view_of(pod: Any) -> PodView:
+    """A :class:`PodView` of a ``V1Pod``."""
+    annotations = dict(pod.metadata.annotations or {})
+    networks: list[str] = []
+    selection = annotations.get(NETWORKS_ANNOTATION, "").strip()
+    if selection.startswith("["):
+        try:
+            networks = [str(n.get("name")) for n in json.loads(selection) if isinstance(n, dict)]
+        except ValueError:
+            networks = []
+    elif selection:
+        networks = [part.strip().split("/")[-1].split("@")[0] for part in selection.split(",")]
+    return PodView(
+        name=pod.metadata.name,
+        namespace=pod.metadata.namespace,
+        uid=pod.metadata.uid,
+        node=pod.spec.node_name or "",
+        phase=(pod.status.phase if pod.status else None) or "Pending",
+        networks=networks,
+        netns=annotations.get(NETNS_ANNOTATION, ""),
+        interfaces=interfaces_of(annotations),
+    )
+
+
+def sandbox_failure(core: Any, pod: Any) -> str | None:
+    """The message of the newest FailedCreatePodSandBox Event of ``pod``, if any."""
+    events = core.list_namespaced_event(
+        pod.metadata.namespace,
+        field_selector=f"involvedObject.name={pod.metadata.name},reason={SANDBOX_FAILED}",
+    ).items
+    mine = [e for e in events if e.involved_object.uid == pod.metadata.uid]
+    if not mine:
+        return None
+    newest = max(mine, key=lambda e: (e.last_timestamp or e.first_timestamp, e.count or 0))
+    return str(newest.message)
+
+
+def wait_running(core: Any, namespace: str, name: str, timeout: float) -> Any:
+    """Poll until the pod is Running; SimError with the kubelet's reason when it cannot be.
+
+    A sandbox failure other than CNI's "try again" (code 11, the agent not
+    ready yet) fails at once; "try again" is waited out until ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        pod = core.read_namespaced_pod(name, namespace)
+        if pod.status is not None and pod.status.phase == "Running":
+            return pod
+        failure = sandbox_failure(core, pod)
+        code = _CNI_CODE.search(failure or "")
+        if failure and (code is None or int(code.group(1)) != CODE_TRY_AGAIN):
+            raise SimError(f"pod {namespace}/{name} did not start: {failure}")
+        if time.monotonic() > deadline:
+            raise SimError(
+                f"pod {namespace}/{name} not running after {timeout:.0f}s"
+                + (f": {failure}" if failure else " (is the kubelet running?)")
+            )
+        time.sleep(0.1)
+
+
+def delete_and_wait(core: Any, namespace: str, name: str, timeout: float, **options: Any) -> None:
+    """Delete the pod and wait until the object is gone (its kubelet has detached it)."""
+    from kubernetes.client import ApiException  # noqa: PLC0415
+
+    try:
+        core.delete_namespaced_pod(name, namespace, **options)
+    except ApiException as e:
+        if e.status == 404:
+            return
+        raise
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            core.read_namespaced_pod(name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return
+            raise
+        if time.monotonic() > deadline:
+            raise SimError(f"pod {namespace}/{name} still terminating after {timeout:.0f}s")
+        time.sleep(0.1)
 
 
 class PodRuntime:
-    """Adds, deletes and lists the simulated pods of one cluster."""
+    """Adds, deletes and lists the pods of one simulated cluster."""
 
     def __init__(self, cluster: SimCluster) -> None:
         self.cluster = cluster
 
-    # -- records ------------------------------------------------------------
+    def list(self) -> list[PodView]:
+        """Pods on the simulated hosts (every namespace), by namespace and name."""
+        from kubernetes import client  # noqa: PLC0415
 
-    def _record_path(self, name: str) -> Path:
-        return self.cluster.pods_dir / f"{name}.json"
-
-    def records(self) -> list[PodRecord]:
-        """Every recorded pod, by name."""
-        if not self.cluster.pods_dir.is_dir():
-            return []
-        found = []
-        for path in sorted(self.cluster.pods_dir.glob("*.json")):
-            found.append(PodRecord(**json.loads(path.read_text())))
-        return found
-
-    def record(self, name: str) -> PodRecord:
-        try:
-            return PodRecord(**json.loads(self._record_path(name).read_text()))
-        except FileNotFoundError as e:
-            raise SimError(f"no simulated pod {name!r} (see `multinic-sim pod list`)") from e
-
-    def _save(self, record: PodRecord) -> None:
-        self.cluster.pods_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = self._record_path(record.name)
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(asdict(record), indent=2) + "\n")
-        temporary.replace(path)
-
-    # -- add ----------------------------------------------------------------
+        nodes = {self.cluster.layout.host_name(h) for h in range(self.cluster.layout.hosts)}
+        with self.cluster.api() as api:
+            pods: Any = client.CoreV1Api(api).list_pod_for_all_namespaces().items
+        views = [view_of(p) for p in pods if p.spec.node_name in nodes]
+        return sorted(views, key=lambda v: (v.namespace, v.name))
 
     def add(
         self,
@@ -123,249 +200,66 @@ class PodRuntime:
         nics: int | None = None,
         namespace: str = "default",
         timeout: float = 60.0,
-    ) -> PodRecord:
-        """Create the pod and attach it; retries while the agent says "try again" (code 11).
+    ) -> PodView:
+        """Create the pod and wait until it runs; on failure the pod is deleted again."""
+        from kubernetes import client  # noqa: PLC0415
+        from kubernetes.client import ApiException  # noqa: PLC0415
 
-        On failure nothing is left: the attachment is deleted, then the
-        namespace and the Pod object.
-        """
         if not _POD_NAME.match(name):
             raise SimError(f"pod name {name!r}: 1-32 lowercase letters, digits and '-'")
         if nics is not None and nics < 1:
             raise SimError(f"--nics must be at least 1, not {nics}")
-        if self._record_path(name).exists():
-            raise SimError(f"pod {name!r} already exists")
-        host_index = self.cluster.host_index(host)
-        node = self.cluster.layout.host_name(host_index)
-        config = self._network_config(network, namespace, nics)
-        record = PodRecord(
-            name=name,
-            namespace=namespace,
-            uid="",
-            node=node,
-            network=network,
-            netns=f"{self.cluster.layout.prefix}-pod-{name}",
-            container_id=secrets.token_hex(32),
-            nics=nics,
-        )
+        node = self.cluster.layout.host_name(self.cluster.host_index(host))
+        selection: dict[str, Any] = {"name": network}
+        if nics is not None:
+            selection["cni-args"] = {"nics": nics}
         with self.cluster.api() as api:
-            from kubernetes import client  # noqa: PLC0415
-
             core: Any = client.CoreV1Api(api)
-            pod = core.create_namespaced_pod(
-                namespace,
-                {
-                    "metadata": {
-                        "name": name,
-                        "annotations": {
-                            "k8s.v1.cni.cncf.io/networks": json.dumps(
-                                [
-                                    {
-                                        "name": network,
-                                        **({"cni-args": {"nics": nics}} if nics else {}),
-                                    }
-                                ]
-                            )
-                        },
-                    },
-                    "spec": {
-                        "nodeName": node,
-                        "containers": [{"name": "main", "image": "multinic-sim/none"}],
-                    },
-                },
-            )
-            record.uid = pod.metadata.uid
-            self._save(record)
+            if read_nad(api, namespace, network) is None:
+                raise SimError(
+                    f"no NetworkAttachmentDefinition {namespace}/{network}: is the "
+                    f"MultiNicNetwork {network!r} applied and does it target {namespace}?"
+                )
             try:
-                run_ip("netns", "add", record.netns)
-                run_ip("-n", record.netns, "link", "set", "lo", "up")
-                record.result = self._add_with_retry(record, config, timeout)
-                self._save(record)
-                core.patch_namespaced_pod(
-                    name,
+                core.create_namespaced_pod(
                     namespace,
                     {
                         "metadata": {
-                            "annotations": {NETWORK_STATUS_ANNOTATION: self._status(record)}
-                        }
+                            "name": name,
+                            "annotations": {NETWORKS_ANNOTATION: json.dumps([selection])},
+                        },
+                        "spec": {
+                            "nodeName": node,
+                            "containers": [{"name": "main", "image": SIM_IMAGE}],
+                        },
                     },
                 )
+            except ApiException as e:
+                if e.status == 409:
+                    raise SimError(f"pod {namespace}/{name} already exists") from e
+                raise
+            try:
+                pod = wait_running(core, namespace, name, timeout)
             except BaseException:
-                self._remove(record, config, core)
+                delete_and_wait(core, namespace, name, timeout)
                 raise
         log.info("pod %s/%s on %s attached to %s", namespace, name, node, network)
-        return record
+        return view_of(pod)
 
-    def _network_config(self, network: str, namespace: str, nics: int | None) -> dict[str, Any]:
+    def delete(self, name: str, namespace: str = "default", timeout: float = 60.0) -> None:
+        """Delete the pod; returns once the kubelet has detached it (CNI DEL) and it is gone."""
         from kubernetes import client  # noqa: PLC0415
         from kubernetes.client import ApiException  # noqa: PLC0415
 
         with self.cluster.api() as api:
+            core: Any = client.CoreV1Api(api)
             try:
-                custom: Any = client.CustomObjectsApi(api)
-                nad = custom.get_namespaced_custom_object(
-                    NAD_GROUP, NAD_VERSION, namespace, NAD_PLURAL, network
-                )
+                core.read_namespaced_pod(name, namespace)
             except ApiException as e:
                 if e.status == 404:
                     raise SimError(
-                        f"no NetworkAttachmentDefinition {namespace}/{network}: is the "
-                        f"MultiNicNetwork {network!r} applied and does it target {namespace}?"
+                        f"no pod {namespace}/{name} (see `multinic-sim pod list`)"
                     ) from e
                 raise
-        try:
-            config: dict[str, Any] = json.loads(nad["spec"]["config"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise SimError(f"NAD {namespace}/{network} has no JSON spec.config: {e}") from e
-        if nics is not None:
-            # What Multus does with the selection annotation's "cni-args".
-            config["args"] = {**config.get("args", {}), "cni": {"nics": nics}}
-        return config
-
-    def _add_with_retry(
-        self, record: PodRecord, config: dict[str, Any], timeout: float
-    ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return self.call_cni("ADD", record, config)
-            except CniCallError as e:
-                # Code 11 is the agent saying "not ready yet" (no pool, no routes):
-                # a kubelet retries the sandbox, and so do we.
-                if e.code != CODE_TRY_AGAIN or time.monotonic() > deadline:
-                    raise
-                log.info("%s; retrying", e)
-                time.sleep(1.0)
-
-    # -- CNI ------------------------------------------------------------------
-
-    def call_cni(self, command: str, record: PodRecord, config: dict[str, Any]) -> dict[str, Any]:
-        """Exec the shim as a runtime would; the parsed result, or CniCallError."""
-        host = self.cluster.host_index(record.node)
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-            "CNI_COMMAND": command,
-            "CNI_CONTAINERID": record.container_id,
-            "CNI_NETNS": f"/var/run/netns/{record.netns}",
-            "CNI_IFNAME": POD_IFNAME,
-            "CNI_PATH": f"{self.cluster.cni_bin_dir}{os.pathsep}{DELEGATE_DIR}",
-            # As Multus and the container runtimes pass them: IgnoreUnknown lets
-            # delegates that know no K8S_* keys accept the arguments.
-            "CNI_ARGS": (
-                f"IgnoreUnknown=true;K8S_POD_NAMESPACE={record.namespace};"
-                f"K8S_POD_NAME={record.name};K8S_POD_INFRA_CONTAINER_ID={record.container_id};"
-                f"K8S_POD_UID={record.uid}"
-            ),
-            "MULTINIC_AGENT_SOCKET": str(self.cluster.agent_socket(host)),
-        }
-        try:
-            done = subprocess.run(
-                [str(self.cluster.shim)],
-                input=json.dumps(config),
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=CNI_TIMEOUT_S,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as e:
-            raise CniCallError(command, record.name, 999, f"no answer in {CNI_TIMEOUT_S}s") from e
-        try:
-            answer = json.loads(done.stdout) if done.stdout.strip() else {}
-        except ValueError:
-            answer = {"code": 999, "msg": f"shim printed no JSON: {done.stdout[:200]!r}"}
-        if done.returncode != 0:
-            raise CniCallError(
-                command,
-                record.name,
-                int(answer.get("code", 999)),
-                str(answer.get("msg", done.stderr.strip() or "no message")),
-                str(answer.get("details", "")),
-            )
-        return dict(answer)
-
-    def _status(self, record: PodRecord) -> str:
-        """Multus' network-status annotation for the attachment."""
-        interfaces = record.result.get("interfaces", [])
-        per_interface: dict[int, dict[str, Any]] = {}
-        for ip in record.result.get("ips", []):
-            index = ip.get("interface")
-            if index is None or index >= len(interfaces):
-                continue
-            entry = per_interface.setdefault(
-                index,
-                {
-                    "name": f"{record.namespace}/{record.network}",
-                    "interface": interfaces[index].get("name", ""),
-                    "mac": interfaces[index].get("mac", ""),
-                    "ips": [],
-                },
-            )
-            entry["ips"].append(str(ip.get("address", "")).split("/", 1)[0])
-        return json.dumps([per_interface[i] for i in sorted(per_interface)])
-
-    # -- delete ---------------------------------------------------------------
-
-    def delete(self, name: str) -> PodRecord:
-        """Detach (CNI DEL), then remove the namespace, the Pod object and the record."""
-        record = self.record(name)
-        config = self._network_config_or_empty(record)
-        with self.cluster.api() as api:
-            from kubernetes import client  # noqa: PLC0415
-
-            self._remove(record, config, client.CoreV1Api(api), strict=True)
-        log.info("pod %s/%s deleted", record.namespace, name)
-        return record
-
-    def _network_config_or_empty(self, record: PodRecord) -> dict[str, Any]:
-        try:
-            return self._network_config(record.network, record.namespace, record.nics)
-        except SimError:
-            # The NAD may be gone already; DEL works from the agent's attachment record.
-            return {"cniVersion": "1.0.0", "name": record.network, "type": "multi-nic"}
-
-    def _remove(
-        self, record: PodRecord, config: dict[str, Any], core: Any, *, strict: bool = False
-    ) -> None:
-        from kubernetes.client import ApiException  # noqa: PLC0415
-
-        try:
-            self.call_cni("DEL", record, config)
-        except CniCallError:
-            if strict:
-                raise
-            log.warning("CNI DEL of pod %s failed while undoing its ADD", record.name)
-        try:
-            run_ip("netns", "del", record.netns)
-        except FabricError as e:
-            if "No such file" not in str(e):
-                raise
-        try:
-            core.delete_namespaced_pod(record.name, record.namespace)
-        except ApiException as e:
-            if e.status != 404:
-                raise
-        self._record_path(record.name).unlink(missing_ok=True)
-
-    # -- list -------------------------------------------------------------------
-
-    def interfaces(self, record: PodRecord) -> list[PodInterface]:
-        """The pod's ``net1-<k>`` interfaces with their IPv4 addresses, from its namespace."""
-        try:
-            links = json.loads(run_ip("-j", "-n", record.netns, "-4", "addr", "show"))
-        except FabricError:
-            return []
-        found = []
-        for link in links:
-            ifname = str(link.get("ifname", ""))
-            if not ifname.startswith(f"{POD_IFNAME}-"):
-                continue
-            for address in link.get("addr_info", []):
-                found.append(
-                    PodInterface(
-                        name=ifname,
-                        address=f"{address['local']}/{address['prefixlen']}",
-                        mac=str(link.get("address", "")),
-                    )
-                )
-        return sorted(found, key=lambda i: i.nic_index)
+            delete_and_wait(core, namespace, name, timeout)
+        log.info("pod %s/%s deleted", namespace, name)

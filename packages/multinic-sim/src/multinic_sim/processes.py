@@ -79,9 +79,10 @@ def _ancestors() -> set[int]:
 
 
 def owned_by(pid: int, state_dir: Path) -> bool:
-    """Does process ``pid`` carry a path inside ``state_dir`` on its command line?"""
-    inside = f"{state_dir.resolve()}/"
-    return any(arg.startswith(inside) for arg in _cmdline(pid))
+    """Does process ``pid`` carry ``state_dir`` or a path inside it on its command line?"""
+    root = str(state_dir.resolve())
+    inside = f"{root}/"
+    return any(arg in (root, inside) or arg.startswith(inside) for arg in _cmdline(pid))
 
 
 def processes_of(state_dir: Path) -> list[int]:

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 from aiohttp import web
 
-from multinic_sim import errors, protobuf
+from multinic_sim import errors, protobuf, remote_command
 from multinic_sim.cluster import ClusterState, DeleteOptions
 from multinic_sim.errors import ApiError
 from multinic_sim.faults import FaultInjector, FaultRule, FaultRuleError
@@ -328,6 +329,11 @@ class ApiServer:
             if resources is None:
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
             return _json_response(resources)
+        if group == "" and len(rest) == 5 and rest[0] == "namespaces" and rest[2] == "pods":
+            if rest[4] == "exec":
+                return await self._exec(request, rest[1], rest[3])
+            if rest[4] in ("attach", "portforward", "proxy"):
+                raise errors.method_not_allowed(f"multinic-sim does not serve pods/{rest[4]}")
         info = self._route(request, group, version, rest)
         rule = self.faults.match(
             info.verb,
@@ -337,6 +343,84 @@ class ApiServer:
         if rule is not None:
             await self._inject(rule)
         return await self._serve(request, info)
+
+    # -- pods/exec: relayed to the kubelet of the pod's node -------------------
+
+    async def _exec(self, request: web.Request, namespace: str, name: str) -> web.StreamResponse:
+        """Relay an exec stream to the kubelet serving the pod's node.
+
+        Like Kubernetes, the kubelet is found through the Node's
+        ``status.daemonEndpoints.kubeletEndpoint.Port``; the simulation's
+        kubelets listen on 127.0.0.1. Only the WebSocket protocols are served
+        (the kubernetes client and kubectl >= 1.30 use them).
+        """
+        cluster = self.cluster
+        pod = cluster.get(cluster.resource("", "v1", "pods"), namespace, name)
+        spec, status = pod.get("spec") or {}, pod.get("status") or {}
+        node = spec.get("nodeName")
+        if not node:
+            raise errors.bad_request(f"pod {name} does not have a host assigned")
+        containers = [str(c.get("name")) for c in spec.get("containers") or []]
+        container = request.query.get("container") or (
+            containers[0] if len(containers) == 1 else ""
+        )
+        if container not in containers:
+            raise errors.bad_request(
+                f"container {container} is not valid for pod {name}"
+                if container
+                else f"a container name must be specified for pod {name}, choose one of: "
+                f"{containers}"
+            )
+        if status.get("phase") != "Running":
+            raise errors.bad_request(
+                f"unable to upgrade connection: pod {name} is not running "
+                f"(phase {status.get('phase') or 'Pending'})"
+            )
+        node_obj = cluster.get(cluster.resource("", "v1", "nodes"), None, node)
+        endpoints = (node_obj.get("status") or {}).get("daemonEndpoints") or {}
+        port = (endpoints.get("kubeletEndpoint") or {}).get("Port")
+        if not port:
+            raise errors.internal(
+                f"no kubelet serves node {node} (no kubeletEndpoint in its status)"
+            )
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            raise errors.bad_request(
+                "multinic-sim serves exec over WebSocket only (protocols "
+                + ", ".join(remote_command.PROTOCOLS)
+                + ")"
+            )
+        requested = [
+            p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+        ]
+        offered = [p for p in requested if p in remote_command.PROTOCOLS]
+        if not offered:
+            raise errors.bad_request(
+                f"exec stream protocols {requested} not supported; supported: "
+                + ", ".join(remote_command.PROTOCOLS)
+            )
+        url = f"http://127.0.0.1:{port}/exec/{namespace}/{name}/{container}?{request.query_string}"
+        session = aiohttp.ClientSession()
+        try:
+            upstream = await session.ws_connect(url, protocols=offered, autoping=True)
+        except aiohttp.WSServerHandshakeError as e:
+            await session.close()
+            raise ApiError(
+                e.status if 400 <= e.status < 600 else 500,
+                "InternalError" if e.status >= 500 else "BadRequest",
+                f"the kubelet of node {node} refused the exec: {e.status} {e.message}",
+            ) from e
+        except (aiohttp.ClientError, OSError) as e:
+            await session.close()
+            raise errors.internal(f"error dialing backend (kubelet of node {node}): {e}") from e
+        stream = web.WebSocketResponse(protocols=[upstream.protocol or offered[0]])
+        try:
+            await stream.prepare(request)
+            await _relay(upstream, stream)
+        finally:
+            await upstream.close()
+            await session.close()
+            await stream.close()
+        return stream
 
     def _authenticate(self, request: web.Request) -> None:
         if self.token is None:
@@ -759,6 +843,30 @@ class ApiServer:
         except FaultRuleError as e:
             raise errors.bad_request(str(e)) from e
         raise errors.method_not_allowed()
+
+
+async def _relay(upstream: aiohttp.ClientWebSocketResponse, client: web.WebSocketResponse) -> None:
+    """Copy frames both ways until either side closes."""
+
+    async def copy(source: Any, sink: Any) -> None:
+        async for message in source:
+            if message.type == aiohttp.WSMsgType.BINARY:
+                await sink.send_bytes(message.data)
+            elif message.type == aiohttp.WSMsgType.TEXT:
+                await sink.send_str(message.data)
+
+    tasks = [
+        asyncio.create_task(copy(upstream, client)),
+        asyncio.create_task(copy(client, upstream)),
+    ]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await task
 
 
 def _wants_table(request: web.Request) -> bool:
