@@ -99,3 +99,25 @@ def test_two_replicas_never_both_act(cluster: Any, tmp_path: Path) -> None:
         assert {v for g, r, v in calls if r == "leases"} == {"get", "create", "patch"}
     finally:
         proxy.stop()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_operator_at_once(cluster: Any, tmp_path: Path) -> None:
+    """Not after kopf's 5 s wait for "hung" tasks: `multinic-sim down`, rollouts wait for it."""
+    log = tmp_path / "operator.log"
+    operator = _start(cluster.kube_api.kubeconfig, log, "--standalone")
+    try:
+        cluster.add_host("node1")
+        cluster.create(network_body())
+        cluster.wait(lambda: len(cluster.pools()) == 2, "the network reconciled", timeout=60)
+    finally:
+        operator.send_signal(signal.SIGTERM)
+        try:
+            # Well under the 5 s kopf gives a task it waits for in vain.
+            code = operator.wait(4)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+            operator.wait()
+            pytest.fail(f"the operator still ran 4 s after SIGTERM:\n{log.read_text()[-2000:]}")
+    assert code == 0
+    assert "Hung tasks" not in log.read_text()

@@ -262,14 +262,29 @@ def run_operator(
 ) -> None:
     """Run the operator until ``stop_flag`` is set or a signal stops kopf (blocking).
 
-    Owns an event loop.  kopf waits for a ``threading.Event`` in an executor
-    thread, so the flag is set on the way out: otherwise that thread (and the
-    process) would wait forever after a stop by signal.
+    Owns an event loop.  kopf is given an ``asyncio.Event`` that a daemon
+    thread sets when ``stop_flag`` is set.  When kopf stops for another reason
+    (a signal), its waiter for that flag stays pending and kopf waits 5 s for
+    it as a "hung" task before exiting: a cleanup handler sets the event, so
+    the operator exits at once.  ``stop_flag`` is set on the way out, which
+    ends the daemon thread.
     """
     registry = build_registry(services)
     kopf.on.login(registry=registry)(login)
     settings = configure(kopf.OperatorSettings())
     loop = asyncio.new_event_loop()
+    stop_event = asyncio.Event()
+
+    @kopf.on.cleanup(registry=registry)
+    async def release_stop_waiter(**_: Any) -> None:
+        stop_event.set()
+
+    def relay_stop() -> None:
+        stop_flag.wait()
+        with contextlib.suppress(RuntimeError):  # the loop is closed already
+            loop.call_soon_threadsafe(stop_event.set)
+
+    threading.Thread(target=relay_stop, name="stop-flag relay", daemon=True).start()
     try:
         loop.run_until_complete(
             kopf.operator(
@@ -277,7 +292,7 @@ def run_operator(
                 settings=settings,
                 standalone=True,
                 clusterwide=True,
-                stop_flag=stop_flag,
+                stop_flag=stop_event,
                 ready_flag=ready_flag,
             )
         )
