@@ -9,12 +9,15 @@ the same two delegates exec'd directly one after the other with static IPAM
 Needs root.  ``--quick`` runs in well under a minute.  Writes
 ``bench/results/cni_attach.json``.
 
-Where the time goes (2 cores): the shim's interpreter start-up (~10 ms for
-``python -IS``, reported as ``shim_startup_p50_ms``) is about one delegate's
-cost; the agent itself (IPAM with fsync, configs, both delegates in parallel,
-record with fsync) takes about as long as the baseline's two sequential
-delegates.  So the ADD ratio is roughly 1 + start-up / baseline, and rises
-when other load takes the second core the parallel delegates need.
+Where the time goes (2 cores): the shim's start-up and exit (its VERSION
+answer, reported as ``shim_startup_p50_ms``) is about one delegate's cost and
+no more than the bare interpreter's ``python -IS -c pass``
+(``interpreter_startup_p50_ms``), which only a compiled shim would save; the
+agent itself (IPAM with fsync, configs, both delegates in parallel, record
+with fsync) takes a little more than one delegate, as long as the second core
+is free.  So the ADD ratio is roughly (start-up + one delegate + a few ms) /
+two delegates, and rises when other load takes the core the parallel
+delegates need.
 
     .venv/bin/python bench/cni_attach.py [--quick]
 """
@@ -268,6 +271,17 @@ def shim_startup_ms(bench: Bench, runs: int = 15) -> float:
     return statistics.median(timed(Bench._exec, str(bench.shim), env, "{}") for _ in range(runs))
 
 
+def interpreter_startup_ms(bench: Bench, runs: int = 15) -> float:
+    """``python -IS -c pass`` with the shim's interpreter: the floor of any Python shim."""
+    interpreter = bench.shim.read_text(encoding="utf-8").split("\n", 1)[0][2:].split()[0]
+    command = [interpreter, "-IS", "-c", "pass"]
+
+    def run() -> None:  # with pipes, as Bench._exec runs the shim
+        subprocess.run(command, input="{}", capture_output=True, text=True, check=True)
+
+    return statistics.median(timed(run) for _ in range(runs))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations (< 1 minute)")
@@ -293,6 +307,7 @@ def main() -> int:
             "baseline_del_p50_ms": round(statistics.median(times["base_del"]), 1),
             "baseline_del_p95_ms": round(percentile(times["base_del"], 0.95), 1),
             "shim_startup_p50_ms": round(shim_startup_ms(bench), 1),
+            "interpreter_startup_p50_ms": round(interpreter_startup_ms(bench), 1),
         }
         results["ratio_add_p50"] = round(results["add_p50_ms"] / results["baseline_add_p50_ms"], 2)
         results["ratio_del_p50"] = round(results["del_p50_ms"] / results["baseline_del_p50_ms"], 2)

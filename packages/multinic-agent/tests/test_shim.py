@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from multinic_agent import shim as shim_module
-from multinic_agent.cli import install_cni
+from multinic_agent.cli import install_cni, shim_program
 
 CONFIG = json.dumps({"cniVersion": "0.4.0", "name": "demo", "type": "multi-nic"})
 
@@ -51,6 +51,28 @@ def test_install_writes_an_executable_with_the_real_interpreter(installed: Path)
     # Reinstalling replaces the file in one step and leaves no temporary behind.
     install_cni(installed.parent)
     assert sorted(p.name for p in installed.parent.iterdir()) == ["multi-nic"]
+
+
+def test_installed_shim_is_compiled_and_falls_back_to_its_source(
+    installed: Path, tmp_path: Path
+) -> None:
+    program = installed.read_text()
+    assert "marshal.loads(" in program  # no compile on every pod start
+    # An interpreter of another version at the same path runs the embedded source.
+    tag = repr(sys.implementation.cache_tag)
+    assert program.count(tag) == 1
+    installed.write_text(program.replace(tag, "'cpython-0'"))
+    version = run_shim(installed, "VERSION", tmp_path / "absent.sock")
+    assert (version.returncode, version.stderr) == (0, "")
+    assert json.loads(version.stdout)["supportedVersions"][-1] == "1.1.0"
+    add = run_shim(installed, "ADD", tmp_path / "absent.sock")
+    assert (add.returncode, json.loads(add.stdout)["code"]) == (1, 11)
+
+
+def test_shim_for_another_interpreter_is_its_source() -> None:
+    program = shim_program("/opt/other/python3")
+    assert program.startswith("#!/opt/other/python3 -IS\n")
+    assert program.split("\n", 1)[1] == Path(shim_module.__file__).read_text().split("\n", 1)[1]
 
 
 def test_version_is_answered_without_an_agent(installed: Path, tmp_path: Path) -> None:

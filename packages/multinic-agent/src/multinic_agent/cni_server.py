@@ -633,9 +633,9 @@ class CniServer:
             env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **env},
         )
         try:
-            out, err = await asyncio.wait_for(
-                process.communicate(stdin.encode()), DELEGATE_TIMEOUT_S
-            )
+            # A deadline on this task, not wait_for's extra task per delegate.
+            async with asyncio.timeout(DELEGATE_TIMEOUT_S):
+                out, err = await process.communicate(stdin.encode())
         except TimeoutError as e:
             process.kill()
             await process.wait()

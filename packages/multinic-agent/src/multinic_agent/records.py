@@ -11,7 +11,7 @@ import json
 import logging
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +65,22 @@ class AttachmentRecord:
         return (self.container_id, self.ifname)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        # As json.dumps(asdict(self)) writes it, without asdict's deep copy of
+        # every config and result (~0.25 ms of each ADD's critical path).
+        data = _fields_of(self)
+        data["delegates"] = [_fields_of(d) for d in self.delegates]
+        return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> AttachmentRecord:
         data = json.loads(text)
         data["delegates"] = [DelegateRecord(**d) for d in data["delegates"]]
         return cls(**data)
+
+
+def _fields_of(record: AttachmentRecord | DelegateRecord) -> dict[str, Any]:
+    """The record's fields by name, in declaration order (values not copied)."""
+    return {f.name: getattr(record, f.name) for f in fields(record)}
 
 
 class RecordStore:
