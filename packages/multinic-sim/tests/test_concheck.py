@@ -140,6 +140,23 @@ def test_every_ordered_pair_on_every_nic_is_checked_with_the_running_pods(
 
 @pytest.mark.root
 @pytest.mark.slow
+def test_cni_args_of_the_selection_reach_the_agent(cluster: SimCluster) -> None:
+    state = ["--state-dir", str(cluster.state_dir)]
+    added = sim("pod", "add", "one-nic", "--host", "host-2", "--network", "rails", "--nics", "1",
+                *state)  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    try:
+        listing = json.loads(sim("pod", "list", "--json", *state).stdout)
+        pod = next(p for p in listing if p["name"] == "one-nic")
+        assert [i["name"] for i in pod["interfaces"]] == ["net1-0"]
+    finally:
+        deleted = sim("pod", "del", "one-nic", *state)
+    assert deleted.returncode == 0, deleted.stderr
+    assert pod["netns"] not in leftovers(cluster.layout.prefix)
+
+
+@pytest.mark.root
+@pytest.mark.slow
 def test_a_cut_nic_fails_the_pairs_that_use_it_and_the_exit_status(cluster: SimCluster) -> None:
     port = cluster.layout.fabric_port(1, 1)  # host-1's second NIC, on the fabric's bridge
     run_ip("-n", cluster.layout.fabric_netns, "link", "set", port, "down")

@@ -376,7 +376,11 @@ class SimKubelet:
             pod = None
         sandbox = self.sandboxes.get(key)
         terminating = pod is not None and pod.metadata.deletion_timestamp is not None
-        if sandbox is not None and (pod is None or pod.metadata.uid != sandbox.uid or terminating):
+        # A sandbox half made (the kubelet died during CNI ADD) is made again.
+        unfinished = sandbox is not None and any(not a.result for a in sandbox.attachments)
+        if sandbox is not None and (
+            pod is None or pod.metadata.uid != sandbox.uid or terminating or unfinished
+        ):
             self._teardown(sandbox)
             sandbox = None
         if pod is None or pod.spec.node_name not in self.nodes:
@@ -416,10 +420,10 @@ class SimKubelet:
             for attachment in sandbox.attachments:
                 attachment.result = self.call_cni("ADD", sandbox, attachment)
                 self._save(sandbox)
-        except (SandboxError, FabricError) as e:
+        except Exception as e:
             try:
                 self._teardown(sandbox)
-            except (SandboxError, FabricError) as undo:
+            except Exception as undo:  # the record stays: the next reconcile tries again
                 log.error(
                     "undoing the failed sandbox of %s/%s: %s", meta.namespace, meta.name, undo
                 )
