@@ -11,7 +11,7 @@ refused with 415 by the caller; responses are always JSON.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 MAGIC = b"k8s\x00"
@@ -113,67 +113,49 @@ def _object_meta(data: bytes) -> dict[str, Any]:
     return meta
 
 
-def _namespace(data: bytes) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for number, value in _fields(data):
-        if number == 1:
-            obj["metadata"] = _object_meta(_message(value))
-        elif number == 2:
-            finalizers = [_text(v) for n, v in _fields(_message(value)) if n == 1]
-            obj["spec"] = {"finalizers": finalizers} if finalizers else {}
-    return obj
-
-
-def _config_map(data: bytes) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for number, value in _fields(data):
-        if number == 1:
-            obj["metadata"] = _object_meta(_message(value))
-        elif number == 2:
-            key, item = _map_entry(value)
-            obj.setdefault("data", {})[key] = item.decode()
-        elif number == 3:
-            key, item = _map_entry(value)
-            obj.setdefault("binaryData", {})[key] = base64.b64encode(item).decode()
-        elif number == 4:
-            obj["immutable"] = bool(value)
-    return obj
-
-
-def _secret(data: bytes) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for number, value in _fields(data):
-        if number == 1:
-            obj["metadata"] = _object_meta(_message(value))
-        elif number == 2:
-            key, item = _map_entry(value)
-            obj.setdefault("data", {})[key] = base64.b64encode(item).decode()
-        elif number == 3:
-            obj["type"] = _text(value)
-        elif number == 4:
-            key, item = _map_entry(value)
-            obj.setdefault("stringData", {})[key] = item.decode()
-        elif number == 5:
-            obj["immutable"] = bool(value)
-    return obj
-
-
-def _service_account(data: bytes) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for number, value in _fields(data):
-        if number == 1:
-            obj["metadata"] = _object_meta(_message(value))
-        elif number == 4:
-            obj["automountServiceAccountToken"] = bool(value)
-    return obj
-
-
-DECODERS: dict[tuple[str, str], Callable[[bytes], dict[str, Any]]] = {
-    ("v1", "Namespace"): _namespace,
-    ("v1", "ConfigMap"): _config_map,
-    ("v1", "Secret"): _secret,
-    ("v1", "ServiceAccount"): _service_account,
+# For each kind: field number -> (JSON key, how its value is decoded).
+KINDS: dict[tuple[str, str], dict[int, tuple[str, str]]] = {
+    ("v1", "Namespace"): {1: ("metadata", "meta"), 2: ("spec", "namespace-spec")},
+    ("v1", "ConfigMap"): {
+        1: ("metadata", "meta"),
+        2: ("data", "map-text"),
+        3: ("binaryData", "map-base64"),
+        4: ("immutable", "bool"),
+    },
+    ("v1", "Secret"): {
+        1: ("metadata", "meta"),
+        2: ("data", "map-base64"),
+        3: ("type", "text"),
+        4: ("stringData", "map-text"),
+        5: ("immutable", "bool"),
+    },
+    ("v1", "ServiceAccount"): {
+        1: ("metadata", "meta"),
+        4: ("automountServiceAccountToken", "bool"),
+    },
 }
+
+
+def _object(data: bytes, table: dict[int, tuple[str, str]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for number, value in _fields(data):
+        if number not in table:
+            continue
+        key, how = table[number]
+        if how == "meta":
+            obj[key] = _object_meta(_message(value))
+        elif how == "text":
+            obj[key] = _text(value)
+        elif how == "bool":
+            obj[key] = bool(value)
+        elif how == "namespace-spec":
+            finalizers = [_text(v) for n, v in _fields(_message(value)) if n == 1]
+            obj[key] = {"finalizers": finalizers} if finalizers else {}
+        else:
+            name, item = _map_entry(value)
+            decoded = item.decode() if how == "map-text" else base64.b64encode(item).decode()
+            obj.setdefault(key, {})[name] = decoded
+    return obj
 
 
 def decode(body: bytes) -> dict[str, Any]:
@@ -191,9 +173,9 @@ def decode(body: bytes) -> dict[str, Any]:
                     kind = _text(v)
         elif number == 2:
             raw = _message(value)
-    decoder = DECODERS.get((api_version, kind))
-    if decoder is None:
+    table = KINDS.get((api_version, kind))
+    if table is None:
         raise ProtobufError(f"protobuf bodies of {api_version}/{kind} are not supported")
-    obj = decoder(raw)
+    obj = _object(raw, table)
     obj["apiVersion"], obj["kind"] = api_version, kind
     return obj
