@@ -130,26 +130,42 @@ def sandbox_failure(core: Any, pod: Any) -> str | None:
 
 
 def wait_running(core: Any, namespace: str, name: str, timeout: float) -> Any:
-    """Poll until the pod is Running; SimError with the kubelet's reason when it cannot be.
+    """Poll until the pod is Running; SimError with the reason when it cannot be.
 
-    A sandbox failure other than CNI's "try again" (code 11, the agent not
-    ready yet) fails at once; "try again" is waited out until ``timeout``.
+    A sandbox failure that names a CNI error code other than 11 ("try again":
+    the agent not ready yet) fails at once, and so does a pod that ended.
+    Anything else (a real kubelet's sandbox errors, an image still pulling)
+    is waited out until ``timeout`` and then reported.
     """
     deadline = time.monotonic() + timeout
     while True:
         pod = core.read_namespaced_pod(name, namespace)
-        if pod.status is not None and pod.status.phase == "Running":
+        phase = pod.status.phase if pod.status is not None else None
+        if phase == "Running":
             return pod
+        if phase in ("Succeeded", "Failed"):
+            raise SimError(f"pod {namespace}/{name} ended ({phase}){_waiting_reason(pod)}")
         failure = sandbox_failure(core, pod)
         code = _CNI_CODE.search(failure or "")
-        if failure and (code is None or int(code.group(1)) != CODE_TRY_AGAIN):
+        if failure and code is not None and int(code.group(1)) != CODE_TRY_AGAIN:
             raise SimError(f"pod {namespace}/{name} did not start: {failure}")
         if time.monotonic() > deadline:
             raise SimError(
                 f"pod {namespace}/{name} not running after {timeout:.0f}s"
-                + (f": {failure}" if failure else " (is the kubelet running?)")
+                + (f": {failure}" if failure else _waiting_reason(pod) or " (no kubelet runs it?)")
             )
-        time.sleep(0.1)
+        time.sleep(0.1 if time.monotonic() - deadline + timeout < 10 else 1.0)
+
+
+def _waiting_reason(pod: Any) -> str:
+    """``: <reason> <message>`` of the first container not running, if it says why."""
+    statuses = (pod.status.container_statuses if pod.status is not None else None) or []
+    for status in statuses:
+        state = status.state
+        detail = state and (state.waiting or state.terminated)
+        if detail is not None and (detail.reason or detail.message):
+            return f": {detail.reason or ''} {detail.message or ''}".rstrip()
+    return ""
 
 
 def delete_and_wait(core: Any, namespace: str, name: str, timeout: float, **options: Any) -> None:
