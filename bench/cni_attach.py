@@ -9,17 +9,22 @@ the same two delegates exec'd directly one after the other with static IPAM
 Needs root.  ``--quick`` runs in well under a minute.  Writes
 ``bench/results/cni_attach.json``.
 
-Where the time goes (2 cores): the shim's start-up and exit (its VERSION
-answer, reported as ``shim_startup_p50_ms``) is about one delegate's cost and
-no more than the bare interpreter's ``python -IS -c pass``
-(``interpreter_startup_p50_ms``), which only a compiled shim would save; the
-agent itself (IPAM with fsync, configs, both delegates in parallel, record
-with fsync) takes a little more than one delegate, as long as the second core
-is free.  So the ADD ratio is roughly (start-up + one delegate + a few ms) /
-two delegates, and rises when other load takes the core the parallel
-delegates need.
+The shim is the compiled one by default (``install-cni --shim compiled``: the
+static executable built from ``shim.c``, as the agent image installs it);
+``--shim python`` measures the Python shim instead.  ``shim`` in the results
+says which one ran.
 
-    .venv/bin/python bench/cni_attach.py [--quick]
+Where the time goes (2 cores): the shim's start-up and exit (its VERSION
+answer, reported as ``shim_startup_p50_ms``): about a millisecond for the
+compiled shim, about one delegate's cost for the Python one (no less than the
+bare interpreter's ``python -IS -c pass``, ``interpreter_startup_p50_ms``);
+the agent itself (IPAM with fsync, configs, both delegates in parallel,
+record with fsync) takes a little more than one delegate, as long as the
+second core is free.  So the ADD ratio is roughly (start-up + one delegate +
+a few ms) / two delegates, and rises when other load takes the core the
+parallel delegates need.
+
+    .venv/bin/python bench/cni_attach.py [--quick] [--shim compiled|python]
 """
 
 from __future__ import annotations
@@ -88,8 +93,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Bench:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, shim_kind: str = "compiled") -> None:
         self.workdir = workdir
+        self.shim_kind = shim_kind
+        self.shim_installed = ""
         self.host = f"{PREFIX}-host"
         self.socket = workdir / "run" / "agent.sock"
         self.state = workdir / "state"
@@ -108,11 +115,15 @@ class Bench:
             ip("-n", self.host, "link", "set", f"{name}p", "up")
         self.state.mkdir(parents=True)
         (self.state / "node-state.json").write_text(json.dumps({"nics": NICS, "ippools": POOLS}))
-        subprocess.run(
-            [AGENT, "install-cni", "--bin-dir", str(self.shim.parent)],
-            check=True,
+        installed = subprocess.run(
+            [AGENT, "install-cni", "--bin-dir", str(self.shim.parent), "--shim", self.shim_kind],
+            check=False,
             capture_output=True,
+            text=True,
         )
+        if installed.returncode != 0:
+            raise RuntimeError(f"install-cni --shim {self.shim_kind}: {installed.stderr.strip()}")
+        self.shim_installed = installed.stdout.strip()
         log = (self.workdir / "agent.log").open("wb")
         self.agent = subprocess.Popen(
             ["ip", "netns", "exec", self.host, AGENT, "--node", "bench",
@@ -271,10 +282,9 @@ def shim_startup_ms(bench: Bench, runs: int = 15) -> float:
     return statistics.median(timed(Bench._exec, str(bench.shim), env, "{}") for _ in range(runs))
 
 
-def interpreter_startup_ms(bench: Bench, runs: int = 15) -> float:
-    """``python -IS -c pass`` with the shim's interpreter: the floor of any Python shim."""
-    interpreter = bench.shim.read_text(encoding="utf-8").split("\n", 1)[0][2:].split()[0]
-    command = [interpreter, "-IS", "-c", "pass"]
+def interpreter_startup_ms(runs: int = 15) -> float:
+    """``python -IS -c pass`` with the Python shim's interpreter: the floor of any Python shim."""
+    command = [os.path.realpath(sys.executable), "-IS", "-c", "pass"]
 
     def run() -> None:  # with pipes, as Bench._exec runs the shim
         subprocess.run(command, input="{}", capture_output=True, text=True, check=True)
@@ -286,17 +296,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations (< 1 minute)")
     parser.add_argument("--iterations", type=int)
+    parser.add_argument(
+        "--shim",
+        choices=("compiled", "python"),
+        default="compiled",
+        help="the shim to install and measure (default: the compiled one)",
+    )
     options = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
     iterations = options.iterations or (25 if options.quick else 150)
     workdir = Path(tempfile.mkdtemp(prefix="mnbench-"))
-    bench = Bench(workdir)
+    bench = Bench(workdir, options.shim)
     try:
         bench.setup()
         times = measure(bench, iterations)
         results: dict[str, Any] = {
+            "shim": options.shim,
+            "shim_installed": bench.shim_installed.replace(str(workdir), "<workdir>"),
             "iterations": iterations,
             "add_p50_ms": round(statistics.median(times["add"]), 1),
             "add_p95_ms": round(percentile(times["add"], 0.95), 1),
@@ -307,7 +325,7 @@ def main() -> int:
             "baseline_del_p50_ms": round(statistics.median(times["base_del"]), 1),
             "baseline_del_p95_ms": round(percentile(times["base_del"], 0.95), 1),
             "shim_startup_p50_ms": round(shim_startup_ms(bench), 1),
-            "interpreter_startup_p50_ms": round(interpreter_startup_ms(bench), 1),
+            "interpreter_startup_p50_ms": round(interpreter_startup_ms(), 1),
         }
         results["ratio_add_p50"] = round(results["add_p50_ms"] / results["baseline_add_p50_ms"], 2)
         results["ratio_del_p50"] = round(results["del_p50_ms"] / results["baseline_del_p50_ms"], 2)

@@ -187,3 +187,18 @@ def test_the_dockerfile_copies_what_exists_and_installs_the_commands_the_manifes
     assert deployment["spec"]["template"]["spec"]["containers"][0]["command"][0] in scripts
     # The operator renders the agent DaemonSet with these commands.
     assert {"multinic-agent", "multinic-operator"} <= scripts
+
+
+def test_the_image_carries_the_compiled_shim_where_install_cni_takes_it_from() -> None:
+    """The runtime execs the shim on the host, which may have no Python: it must be compiled."""
+    from multinic_agent.shim_build import PREBUILT_SHIM
+
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    built = re.search(r"multinic-agent build-shim --output (\S+)", dockerfile)
+    assert built is not None, "the image build does not compile the shim"
+    copied = re.search(rf"^COPY --from=\S+ {re.escape(built.group(1))} (\S+)$", dockerfile, re.M)
+    assert copied is not None, "the compiled shim is not copied into the final image"
+    assert copied.group(1) == str(PREBUILT_SHIM)
+    build_stage = dockerfile.split("FROM")[1]
+    assert "gcc" in build_stage
+    assert "libc6-dev" in build_stage

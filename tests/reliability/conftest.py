@@ -63,6 +63,7 @@ operator_fixtures = load_test_module(
 host = node_fixtures.host
 agent = node_fixtures.agent
 shim = node_fixtures.shim
+installed_shim = node_fixtures.installed_shim
 runtime = node_fixtures.runtime
 pods = node_fixtures.pods
 netconf = node_fixtures.netconf_factory

@@ -225,7 +225,7 @@ def retrying(call: Callable[[], Any], what: str) -> Any:
 
 
 @pytest.fixture
-def fault_cluster(cluster: Any, shim: Path, tmp_path: Path) -> Iterator[FaultCluster]:
+def fault_cluster(cluster: Any, installed_shim: Path, tmp_path: Path) -> Iterator[FaultCluster]:
     if not Path(node_fixtures.SYSTEM_CNI, "macvlan").exists():
         pytest.skip(f"no CNI plugins in {node_fixtures.SYSTEM_CNI}")
     kube_api = cluster.kube_api
@@ -282,7 +282,7 @@ def fault_cluster(cluster: Any, shim: Path, tmp_path: Path) -> Iterator[FaultClu
                 # Resync and look for leaks every second: faults meet every path.
                 extra_args=["--resync-interval", "1", "--leak-interval", "1"],
             )
-            made.hosts.append(SimHost(index, host, agent, ApiRuntime(shim, agent)))
+            made.hosts.append(SimHost(index, host, agent, ApiRuntime(installed_shim, agent)))
             agent.start()
         yield made
     finally:

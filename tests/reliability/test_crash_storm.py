@@ -91,7 +91,7 @@ class SimHost:
 
 
 @pytest.fixture
-def hosts(shim: Path, tmp_path: Path) -> Iterator[list[SimHost]]:
+def hosts(installed_shim: Path, tmp_path: Path) -> Iterator[list[SimHost]]:
     if not Path(node_fixtures.SYSTEM_CNI, "macvlan").exists():
         pytest.skip(f"no CNI plugins in {node_fixtures.SYSTEM_CNI}")
     made: list[SimHost] = []
@@ -101,7 +101,7 @@ def hosts(shim: Path, tmp_path: Path) -> Iterator[list[SimHost]]:
             agent = node_fixtures.Agent(host, tmp_path / f"agent-{index}")
             agent.workdir.mkdir()
             agent.write_node_state(pools=host_pools(index))
-            sim = SimHost(index, host, agent, node_fixtures.Runtime(shim, agent))
+            sim = SimHost(index, host, agent, node_fixtures.Runtime(installed_shim, agent))
             made.append(sim)
             agent.start()
             sim.before = host_network_view(host.netns)

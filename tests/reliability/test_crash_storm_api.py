@@ -169,7 +169,7 @@ class ApiCluster:
 
 
 @pytest.fixture
-def api_hosts(cluster: Any, shim: Path, tmp_path: Path) -> Iterator[ApiCluster]:
+def api_hosts(cluster: Any, installed_shim: Path, tmp_path: Path) -> Iterator[ApiCluster]:
     if not Path(node_fixtures.SYSTEM_CNI, "macvlan").exists():
         pytest.skip(f"no CNI plugins in {node_fixtures.SYSTEM_CNI}")
     kube_api = cluster.kube_api
@@ -195,7 +195,7 @@ def api_hosts(cluster: Any, shim: Path, tmp_path: Path) -> Iterator[ApiCluster]:
                 workdir / "kubeconfig", f"http://127.0.0.1:{forward.port}"
             )
             agent = ApiAgent(host, workdir, node=f"host-{index}", kubeconfig=kubeconfig)
-            sim = SimHost(index, host, agent, ApiRuntime(shim, agent))
+            sim = SimHost(index, host, agent, ApiRuntime(installed_shim, agent))
             made.hosts.append(sim)
             agent.start()
             sim.before = host_network_view(host.netns)

@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from multinic_agent.shim_build import build_shim, find_compiler
+
 VENV_BIN = Path(sys.executable).parent
 AGENT = str(VENV_BIN / "multinic-agent")
 SYSTEM_CNI = "/usr/lib/cni"
@@ -357,18 +359,67 @@ def agent(host: Host, tmp_path: Path) -> Iterator[Agent]:
         agent.stop()
 
 
+SHIM_KINDS = ("python", "compiled")
+"""Every test of the installed shim runs against both, expecting the same."""
+
+SANITIZE = os.environ.get("MULTINIC_SHIM_SANITIZE", "") not in ("", "0")
+"""Build the compiled shim with ASan+UBSan (dynamically linked) instead."""
+
+_built: dict[str, Path] = {}
+
+
+def compiled_shim_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``shim.c`` built once per session (``build-shim``); skips without a C compiler."""
+    if "binary" not in _built:
+        if find_compiler() is None:
+            pytest.skip("no C compiler (cc/gcc/clang) for the compiled shim: apt-get install gcc")
+        output = tmp_path_factory.mktemp("shim-build") / "multi-nic"
+        if SANITIZE:
+            flags = ["-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+            build_shim(output, static=False, extra_flags=flags)
+        else:
+            build_shim(output)
+        _built["binary"] = output
+    return _built["binary"]
+
+
 @pytest.fixture
-def shim(tmp_path: Path) -> Path:
-    bin_dir = tmp_path / "cni-bin"
-    subprocess.run(
-        [AGENT, "install-cni", "--bin-dir", str(bin_dir)], check=True, capture_output=True
-    )
+def compiled_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The compiled shim as ``build-shim`` makes it (built once per session)."""
+    return compiled_shim_binary(tmp_path_factory)
+
+
+def install_shim_cli(bin_dir: Path, kind: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``multinic-agent install-cni`` of the ``kind`` shim into ``bin_dir``."""
+    command = [AGENT, "install-cni", "--bin-dir", str(bin_dir), "--shim", kind]
+    if kind == "compiled":
+        command += ["--shim-binary", str(compiled_shim_binary(tmp_path_factory))]
+    subprocess.run(command, check=True, capture_output=True)
     return bin_dir / "multi-nic"
 
 
+@pytest.fixture(params=SHIM_KINDS)
+def shim(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """The installed shim: the Python one, then the compiled one."""
+    return install_shim_cli(
+        tmp_path / "cni-bin", request.param, request.getfixturevalue("tmp_path_factory")
+    )
+
+
 @pytest.fixture
-def runtime(shim: Path, agent: Agent) -> Runtime:
-    return Runtime(shim, agent)
+def installed_shim(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shim a node gets (``install-cni``, mode auto: the compiled one when cc exists).
+
+    For tests of the agent behind the shim; the shim's own behaviour is
+    tested on both kinds through ``shim``.
+    """
+    kind = "compiled" if find_compiler() is not None else "python"
+    return install_shim_cli(tmp_path / "cni-bin", kind, tmp_path_factory)
+
+
+@pytest.fixture
+def runtime(installed_shim: Path, agent: Agent) -> Runtime:
+    return Runtime(installed_shim, agent)
 
 
 @pytest.fixture(name="netconf")

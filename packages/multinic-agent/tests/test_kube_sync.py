@@ -774,8 +774,15 @@ def shim_call(
 
 @pytest.mark.root
 @pytest.mark.slow
+@pytest.mark.parametrize("shim_kind", ["python", "compiled"])
 def test_agent_adds_a_pod_with_pools_only_in_the_api(
-    kube_api: KubeTestApi, objects: ClusterObjects, host_netns: str, tmp_path: Path
+    kube_api: KubeTestApi,
+    objects: ClusterObjects,
+    host_netns: str,
+    tmp_path: Path,
+    *,
+    shim_kind: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     if not Path(SYSTEM_CNI, "macvlan").exists():
         pytest.skip(f"no CNI plugins in {SYSTEM_CNI}: apt-get install containernetworking-plugins")
@@ -795,7 +802,10 @@ def test_agent_adds_a_pod_with_pools_only_in_the_api(
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{forward.port}")
     bin_dir = tmp_path / "bin"
     agent_bin = str(VENV_BIN / "multinic-agent")
-    subprocess.run([agent_bin, "install-cni", "--bin-dir", str(bin_dir)], check=True)
+    install = [agent_bin, "install-cni", "--bin-dir", str(bin_dir), "--shim", shim_kind]
+    if shim_kind == "compiled":
+        install += ["--shim-binary", str(request.getfixturevalue("compiled_shim"))]
+    subprocess.run(install, check=True)
     socket_path = tmp_path / "run" / "agent.sock"
     log_path = tmp_path / "agent.log"
     pod = unique("mnk-pod")

@@ -1,10 +1,15 @@
-"""The ``multi-nic`` shim as a runtime sees it: installed, exec'd, without a working agent."""
+"""The ``multi-nic`` shim as a runtime sees it: installed, exec'd, without a working agent.
+
+Every test of an installed shim runs against the Python shim and the compiled
+one (``shim.c``), expecting the same (the ``shim`` fixture of conftest.py).
+"""
 
 from __future__ import annotations
 
 import ast
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -40,22 +45,43 @@ def run_shim(
 
 
 @pytest.fixture
-def installed(tmp_path: Path) -> Path:
-    return install_cni(tmp_path / "bin")
+def installed(shim: Path) -> Path:
+    """The installed shim, Python and compiled (conftest's parametrized ``shim``)."""
+    return shim
 
 
-def test_install_writes_an_executable_with_the_real_interpreter(installed: Path) -> None:
+@pytest.fixture
+def python_shim(tmp_path: Path) -> Path:
+    return install_cni(tmp_path / "bin", mode="python")
+
+
+def test_install_writes_an_executable_with_the_real_interpreter(python_shim: Path) -> None:
+    installed = python_shim
     first_line = installed.read_text().splitlines()[0]
     assert first_line == f"#!{os.path.realpath(sys.executable)} -IS"
     assert installed.stat().st_mode & 0o777 == 0o755
     # Reinstalling replaces the file in one step and leaves no temporary behind.
-    install_cni(installed.parent)
+    install_cni(installed.parent, mode="python")
+    assert sorted(p.name for p in installed.parent.iterdir()) == ["multi-nic"]
+
+
+def test_reinstalling_leaves_only_the_shim(installed: Path, tmp_path: Path) -> None:
+    assert installed.stat().st_mode & 0o777 == 0o755
+    if installed.read_bytes()[:4] == b"\x7fELF":
+        prebuilt = tmp_path / "prebuilt-multi-nic"
+        shutil.copyfile(installed, prebuilt)
+        install_cni(installed.parent, mode="compiled", shim_binary=prebuilt)
+        assert installed.read_bytes() == prebuilt.read_bytes()
+    else:
+        install_cni(installed.parent, mode="python")
+    assert installed.stat().st_mode & 0o777 == 0o755
     assert sorted(p.name for p in installed.parent.iterdir()) == ["multi-nic"]
 
 
 def test_installed_shim_is_compiled_and_falls_back_to_its_source(
-    installed: Path, tmp_path: Path
+    python_shim: Path, tmp_path: Path
 ) -> None:
+    installed = python_shim
     program = installed.read_text()
     assert "marshal.loads(" in program  # no compile on every pod start
     # An interpreter of another version at the same path runs the embedded source.

@@ -2,7 +2,8 @@
 
 multinic-agent --node NAME [--kubeconfig P] [--netns P] [--resync-interval S] [--leak-interval S]
                [--socket P] [--state-dir D] [--cni-path DIRS] [--pod-resources-socket P] [run]
-multinic-agent install-cni --bin-dir DIR
+multinic-agent install-cni --bin-dir DIR [--shim auto|compiled|python] [--shim-binary PATH] [--cc CC]
+multinic-agent build-shim --output PATH [--cc CC]
 """
 
 from __future__ import annotations
@@ -12,13 +13,21 @@ import asyncio
 import logging
 import marshal
 import os
+import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from multinic_agent import shim
+from multinic_agent.shim_build import (
+    PREBUILT_SHIM,
+    ShimBuildError,
+    build_shim,
+    find_compiler,
+)
 from multinic_core.errors import MultinicError
 
 log = logging.getLogger(__name__)
@@ -26,6 +35,22 @@ log = logging.getLogger(__name__)
 DEFAULT_STATE_DIR = Path("/var/lib/multinic")
 DEFAULT_CNI_PATH = "/opt/cni/bin:/usr/lib/cni"
 SHIM_NAME = "multi-nic"
+SHIM_MODES = ("auto", "compiled", "python")
+
+
+class InstallError(Exception):
+    """The shim cannot be installed as asked."""
+
+
+@dataclass(frozen=True)
+class Installed:
+    """What ``install_shim`` wrote: the path, which shim, how, and any warning."""
+
+    path: Path
+    kind: str
+    """``compiled`` or ``python``"""
+    how: str
+    warning: str = ""
 
 
 def shim_program(interpreter: str | None = None) -> str:
@@ -59,23 +84,105 @@ def shim_program(interpreter: str | None = None) -> str:
     )
 
 
-def install_cni(bin_dir: Path, interpreter: str | None = None) -> Path:
-    """Write the shim into ``bin_dir`` as ``multi-nic`` (atomically, mode 0755)."""
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    target = bin_dir / SHIM_NAME
-    fd, temporary = tempfile.mkstemp(prefix=f".{SHIM_NAME}.", dir=bin_dir)
+def _write_atomically(target: Path, write: Callable[[Path], object]) -> None:
+    """``write(temporary)`` next to ``target``, then mode 0755 and one rename onto it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(shim_program(interpreter))
-            out.flush()
-            os.fsync(out.fileno())
+        write(Path(temporary))
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
         # A CNI plugin must be executable by the runtime; it holds no secret.
         os.chmod(temporary, 0o755)  # noqa: S103
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return target
+
+
+def _is_elf(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) == b"\x7fELF"
+
+
+def install_shim(
+    bin_dir: Path,
+    mode: str = "auto",
+    shim_binary: Path | None = None,
+    cc: str | None = None,
+    interpreter: str | None = None,
+) -> Installed:
+    """Install the shim into ``bin_dir`` as ``multi-nic`` (atomically, mode 0755).
+
+    ``compiled``: a copy of ``shim_binary`` (default ``PREBUILT_SHIM``, filled
+    by the image build with ``build-shim``) or, when the default is absent,
+    ``shim.c`` compiled with the C compiler (``cc``, ``$CC``, cc/gcc/clang).
+    ``python``: the Python shim for ``interpreter`` (default: this one), which
+    the host must then have.  ``auto``: ``compiled`` when a prebuilt binary or
+    a compiler is there, else ``python`` with a warning.  Raises
+    ``InstallError`` when the asked-for shim cannot be installed.
+    """
+    if mode not in SHIM_MODES:
+        raise InstallError(f"unknown shim kind {mode!r}: expected one of {', '.join(SHIM_MODES)}")
+    target = bin_dir / SHIM_NAME
+    if mode == "python":
+        if shim_binary is not None:
+            raise InstallError("--shim-binary is for the compiled shim, not --shim python")
+        _write_atomically(target, lambda path: path.write_text(shim_program(interpreter)))
+        python = interpreter or os.path.realpath(sys.executable)
+        return Installed(target, "python", f"Python shim, run by {python}")
+    binary = shim_binary if shim_binary is not None else PREBUILT_SHIM
+    if binary.exists():
+        if not binary.is_file() or not _is_elf(binary):
+            raise InstallError(f"shim binary {binary} is not an ELF executable")
+        _write_atomically(target, lambda path: shutil.copyfile(binary, path))
+        return Installed(target, "compiled", f"compiled shim, copied from {binary}")
+    if shim_binary is not None:
+        raise InstallError(f"shim binary {shim_binary} does not exist")
+    compiler = find_compiler(cc)
+    if compiler is not None:
+        try:
+            build_shim(target, compiler)
+        except ShimBuildError as e:
+            if mode == "compiled":
+                raise InstallError(str(e)) from None
+            return _python_instead(bin_dir, interpreter, f"{e}; installed the Python shim instead")
+        return Installed(target, "compiled", f"compiled shim, built with {compiler}")
+    if mode == "compiled":
+        raise InstallError(
+            f"no prebuilt shim at {binary} and no C compiler (tried $CC, cc, gcc, clang): "
+            "run `multinic-agent build-shim` where gcc is installed, or pass --cc"
+        )
+    return _python_instead(
+        bin_dir,
+        interpreter,
+        f"no prebuilt shim at {binary} and no C compiler: installed the Python shim",
+    )
+
+
+def _python_instead(bin_dir: Path, interpreter: str | None, why: str) -> Installed:
+    """The Python shim, with the warning that the host now needs its interpreter."""
+    fallback = install_shim(bin_dir, "python", interpreter=interpreter)
+    python = interpreter or os.path.realpath(sys.executable)
+    return Installed(
+        fallback.path,
+        fallback.kind,
+        fallback.how,
+        f"{why}, which needs {python} on the host for pods to start",
+    )
+
+
+def install_cni(
+    bin_dir: Path,
+    interpreter: str | None = None,
+    *,
+    mode: str = "python",
+    shim_binary: Path | None = None,
+    cc: str | None = None,
+) -> Path:
+    """Write the shim into ``bin_dir`` as ``multi-nic``; see ``install_shim``."""
+    return install_shim(bin_dir, mode, shim_binary, cc, interpreter).path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,8 +231,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=os.environ.get("MULTINIC_LOG_LEVEL", "INFO"))
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("run", help="serve the CNI shim (default)")
-    install = commands.add_parser("install-cni", help="write the multi-nic shim into a CNI bin dir")
-    install.add_argument("--bin-dir", type=Path, required=True)
+    install = commands.add_parser(
+        "install-cni",
+        help="write the multi-nic shim into a CNI bin dir",
+        description="Write the multi-nic CNI shim into a CNI bin dir (atomically, mode 0755). "
+        "The container runtime execs it on the host for every pod: the compiled shim is a "
+        "static executable that needs nothing there; the Python shim needs the interpreter "
+        "that runs this command, at the same path, on the host.",
+    )
+    install.add_argument("--bin-dir", type=Path, required=True, help="the host's CNI bin dir")
+    install.add_argument(
+        "--shim",
+        choices=SHIM_MODES,
+        default="auto",
+        help="compiled: copy --shim-binary, or build shim.c with the C compiler when the "
+        f"default {PREBUILT_SHIM} is absent; python: the Python shim; auto (default): "
+        "compiled when a prebuilt binary or a C compiler is there, else python (with a "
+        "warning)",
+    )
+    install.add_argument(
+        "--shim-binary",
+        type=Path,
+        help=f"the prebuilt compiled shim to copy (default {PREBUILT_SHIM}, where the agent "
+        "image keeps the one `build-shim` made); given, it must exist",
+    )
+    install.add_argument("--cc", help="C compiler when building (default $CC, cc, gcc, clang)")
+    build = commands.add_parser(
+        "build-shim",
+        help="compile the multi-nic shim (shim.c) into a static executable",
+        description="Compile the multi-nic CNI shim (shim.c, shipped with multinic-agent) "
+        "into a static executable, atomically, mode 0755. The agent image runs "
+        f"`multinic-agent build-shim --output {PREBUILT_SHIM}`, where install-cni finds it.",
+    )
+    build.add_argument("--output", type=Path, required=True, help="the executable to write")
+    build.add_argument("--cc", help="C compiler (default $CC, cc, gcc, clang)")
     return parser
 
 
@@ -193,8 +332,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("pyroute2", "stevedore"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
     if options.command == "install-cni":
-        target = install_cni(options.bin_dir)
-        print(f"installed {target}")
+        try:
+            installed = install_shim(options.bin_dir, options.shim, options.shim_binary, options.cc)
+        except (InstallError, OSError) as e:
+            print(f"multinic-agent install-cni: error: {e}", file=sys.stderr)
+            return 1
+        if installed.warning:
+            print(f"WARNING: {installed.warning}", file=sys.stderr)
+        print(f"installed {installed.path} ({installed.how})")
+        return 0
+    if options.command == "build-shim":
+        try:
+            output = build_shim(options.output, options.cc)
+        except (ShimBuildError, OSError) as e:
+            print(f"multinic-agent build-shim: error: {e}", file=sys.stderr)
+            return 1
+        print(f"built {output}")
         return 0
     try:
         return run_agent(options)

@@ -19,6 +19,10 @@ newline; at most ``MAX_MESSAGE`` bytes):
 
 * request: ``{"env": {"CNI_COMMAND": ..., ...}, "stdin": "<network config>"}``
 * reply:   ``{"exit": <int>, "stdout": "<CNI result or error>", "stderr": "..."}``
+
+``shim.c`` is this program in C (static, no interpreter needed on the host;
+``multinic-agent install-cni --shim compiled``): change both together, the
+tests run them on the same inputs and expect the same bytes.
 """
 
 import _json  # the C half of json: the full module would import re (~10 ms per pod start)
