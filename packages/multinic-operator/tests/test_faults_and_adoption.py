@@ -166,6 +166,8 @@ def test_config_drives_the_agent_daemonset(cluster: Any, operator_runner: Any) -
             "install-cni",
             "--bin-dir",
             "/host/opt/cni/bin",
+            "--shim",
+            "compiled",
         ]
         assert cluster.api.get("v1", "ServiceAccount", "multinic-agent", "default")
 

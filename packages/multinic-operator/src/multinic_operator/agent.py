@@ -83,7 +83,7 @@ def agent_daemonset(
 
     hostNetwork, hostPID, privileged (unless the Config gives a securityContext),
     its own ServiceAccount, ``multinic-agent --node $(NODE_NAME)`` with
-    NODE_NAME from the downward API, and ``multinic-agent install-cni`` as an
+    NODE_NAME from the downward API, and ``multinic-agent install-cni --shim compiled`` as an
     init container that copies the CNI shim into the host's CNI bin dir.
     """
     daemon = config.spec.daemon
@@ -123,7 +123,16 @@ def agent_daemonset(
     init: dict[str, Any] = {
         "name": "install-cni",
         "image": image,
-        "command": ["multinic-agent", "install-cni", "--bin-dir", CNI_BIN_POD_PATH],
+        # The compiled shim only: a Python shim written from inside the image
+        # would name an interpreter the host does not have.
+        "command": [
+            "multinic-agent",
+            "install-cni",
+            "--bin-dir",
+            CNI_BIN_POD_PATH,
+            "--shim",
+            "compiled",
+        ],
         "securityContext": security,
         "volumeMounts": [{"name": cni_bin.name, "mountPath": CNI_BIN_POD_PATH}],
     }
