@@ -301,6 +301,14 @@ def test_a_pod_deleted_while_the_kubelet_is_down_is_detached_when_it_is_back(
     netns = pod.metadata.annotations["sim.multinic.dev/netns"]
     os.kill(cluster.pids["kubelet"], signal.SIGKILL)
     wait_until(lambda: not alive(cluster.pids["kubelet"]), "kubelet dead")
+    # A pod added meanwhile is refused at once, naming the dead kubelet and its log.
+    refused = sim(
+        "pod", "add", "late", "--host", "host-1", "--network", "any",
+        "--state-dir", str(cluster.state_dir), check=False,
+    )  # fmt: skip
+    assert refused.returncode == 1
+    assert f"kubelet (pid {cluster.pids['kubelet']}) exited" in refused.stderr
+    assert "Traceback" not in refused.stderr
     core.delete_namespaced_pod("survivor", "default")
     time.sleep(1.0)
     # Nobody detached it: the pod waits, terminating, and its namespace is still there.

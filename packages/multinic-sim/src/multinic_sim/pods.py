@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,16 +130,25 @@ def sandbox_failure(core: Any, pod: Any) -> str | None:
     return str(newest.message)
 
 
-def wait_running(core: Any, namespace: str, name: str, timeout: float) -> Any:
+def wait_running(
+    core: Any,
+    namespace: str,
+    name: str,
+    timeout: float,
+    alive: Callable[[], None] | None = None,
+) -> Any:
     """Poll until the pod is Running; SimError with the reason when it cannot be.
 
     A sandbox failure that names a CNI error code other than 11 ("try again":
     the agent not ready yet) fails at once, and so does a pod that ended.
     Anything else (a real kubelet's sandbox errors, an image still pulling)
-    is waited out until ``timeout`` and then reported.
+    is waited out until ``timeout`` and then reported. ``alive`` is called on
+    every poll and raises when waiting is pointless (a daemon died).
     """
     deadline = time.monotonic() + timeout
     while True:
+        if alive is not None:
+            alive()
         pod = core.read_namespaced_pod(name, namespace)
         phase = pod.status.phase if pod.status is not None else None
         if phase == "Running":
@@ -223,6 +233,8 @@ class PodRuntime:
 
         if not _POD_NAME.match(name):
             raise SimError(f"pod name {name!r}: 1-32 lowercase letters, digits and '-'")
+        # A dead kubelet or agent would only show as a timeout.
+        self.cluster.check_daemons()
         if nics is not None and nics < 1:
             raise SimError(f"--nics must be at least 1, not {nics}")
         node = self.cluster.layout.host_name(self.cluster.host_index(host))
@@ -255,7 +267,7 @@ class PodRuntime:
                     raise SimError(f"pod {namespace}/{name} already exists") from e
                 raise
             try:
-                pod = wait_running(core, namespace, name, timeout)
+                pod = wait_running(core, namespace, name, timeout, self.cluster.check_daemons)
             except BaseException:
                 delete_and_wait(core, namespace, name, timeout)
                 raise
