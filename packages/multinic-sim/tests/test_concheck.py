@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,9 @@ from kubernetes import client, config
 
 from multinic_sim.cluster_builder import SimCluster
 from multinic_sim.concheck import all_connected, concheck_pod_name, render
+from multinic_sim.demo import network_body, wait_for_network
 from multinic_sim.fabric import leftovers, run_ip
+from multinic_sim.progress import ProgressLog
 
 from .conftest import simulated_cluster
 
@@ -40,46 +41,20 @@ def sim(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
 
 
 def network(name: str, subnet: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "multinic.fms.io/v1",
-        "kind": "MultiNicNetwork",
-        "metadata": {"name": name},
-        "spec": {
-            "subnet": subnet,
-            "ipam": json.dumps(
-                {"type": "multi-nic-ipam", "hostBlock": 6, "interfaceBlock": 2, "vlanMode": "l2"}
-            ),
-            "multiNICIPAM": True,
-            "masterNets": ["10.0.1.0/24", "10.0.2.0/24"],
-            "plugin": {"cniVersion": "1.0.0", "type": "macvlan", "args": {"mode": "bridge"}},
-            "namespaces": ["default"],
-        },
-    }
+    plugin = {"cniVersion": "1.0.0", "type": "macvlan", "args": {"mode": "bridge"}}
+    return network_body(name, subnet, "l2", ["10.0.1.0/24", "10.0.2.0/24"], plugin)
 
 
 def apply_network(cluster: SimCluster, body: dict[str, Any]) -> None:
-    """Create the network and wait for its plan on every host and its NAD."""
+    """Create the network and wait for its plan on every host, its IPPools and its NAD."""
     api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
     try:
-        custom: Any = client.CustomObjectsApi(api)
-        custom.create_cluster_custom_object("multinic.fms.io", "v1", "multinicnetworks", body)
-        name, deadline = body["metadata"]["name"], time.monotonic() + 90
-        while True:
-            try:
-                plan = custom.get_cluster_custom_object("multinic.fms.io", "v1", "cidrs", name)
-                custom.get_namespaced_custom_object(
-                    "k8s.cni.cncf.io", "v1", "default", "network-attachment-definitions", name
-                )
-                hosts = {h["hostName"] for e in plan["spec"]["cidr"] for h in e.get("hosts", [])}
-                if len(hosts) == HOSTS:
-                    return
-            except client.ApiException as e:
-                if e.status != 404:
-                    raise
-            assert time.monotonic() < deadline, f"network {name} not planned in 90s"
-            time.sleep(0.25)
+        client.CustomObjectsApi(api).create_cluster_custom_object(
+            "multinic.fms.io", "v1", "multinicnetworks", body
+        )
     finally:
         api.close()
+    wait_for_network(cluster, body["metadata"]["name"], ProgressLog(quiet=True), 90)
 
 
 @pytest.fixture(scope="module")

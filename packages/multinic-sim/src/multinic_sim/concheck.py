@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from multinic_sim.cluster_builder import MULTINIC_GROUP, MULTINIC_VERSION
 from multinic_sim.errors import SimError
 from multinic_sim.kubelet import NETWORKS_ANNOTATION, read_nad
 from multinic_sim.pods import (
@@ -44,10 +45,8 @@ IPERF_START_S = 5.0
 EXEC_TIMEOUT_S = 30.0
 DEFAULT_IMAGE = "docker.io/nicolaka/netshoot:v0.13"
 CREATED_BY = "multinic-concheck"
-MULTINIC_GROUP, MULTINIC_VERSION = "multinic.fms.io", "v1"
 RESOURCE_NAME_ANNOTATION = "k8s.v1.cni.cncf.io/resourceName"
 _NOT_DNS = re.compile(r"[^a-z0-9-]+")
-_NO_INTERFACE = PodInterface("-", "-", "", "", -1)
 
 
 @dataclass
@@ -348,9 +347,12 @@ def _check_network(
     interfaces = {
         host: [i for i in pod.interfaces if i.network == network] for host, pod in pods.items()
     }
-    iperf = bandwidth and any(
-        executor.run(pod, ["iperf3", "--version"]).returncode == 0
-        for pod in list(pods.values())[:1]
+    # One probe: the pods of a check share an image.
+    probe = next(iter(pods.values()), None)
+    iperf = (
+        bandwidth
+        and probe is not None
+        and executor.run(probe, ["iperf3", "--version"]).returncode == 0
     )
     results = []
     for source_host in hosts:
@@ -400,7 +402,7 @@ def _check_links(
             links.append(
                 LinkCheck(
                     nic=nic,
-                    interface=(source or target or _NO_INTERFACE).name,
+                    interface=(source.name if source else target.name if target else "-"),
                     source=source.ip if source else "-",
                     target=target.ip if target else "-",
                     connected=False,

@@ -50,7 +50,7 @@ def demo_networks(layout: FabricLayout, *, ipvlan: bool) -> list[DemoNetwork]:
         DemoNetwork(
             "demo-macvlan",
             "macvlan",
-            _network(
+            network_body(
                 "demo-macvlan",
                 "192.168.0.0/16",
                 "l2",
@@ -64,7 +64,7 @@ def demo_networks(layout: FabricLayout, *, ipvlan: bool) -> list[DemoNetwork]:
             DemoNetwork(
                 "demo-ipvlan-l3",
                 "ipvlan",
-                _network(
+                network_body(
                     "demo-ipvlan-l3",
                     "172.30.0.0/16",
                     "l3",
@@ -76,9 +76,10 @@ def demo_networks(layout: FabricLayout, *, ipvlan: bool) -> list[DemoNetwork]:
     return networks
 
 
-def _network(
+def network_body(
     name: str, subnet: str, vlan_mode: str, master_nets: list[str], plugin: dict[str, Any]
 ) -> dict[str, Any]:
+    """A MultiNicNetwork for namespace default, with /24 host and /18 NIC blocks."""
     ipam = {"type": "multi-nic-ipam", "hostBlock": 6, "interfaceBlock": 2, "vlanMode": vlan_mode}
     return {
         "apiVersion": f"{MULTINIC_GROUP}/{MULTINIC_VERSION}",

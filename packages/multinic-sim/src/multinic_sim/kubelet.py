@@ -384,6 +384,7 @@ class SimKubelet:
             self._teardown(sandbox)
             sandbox = None
         if pod is None or pod.spec.node_name not in self.nodes:
+            self._events.pop(key, None)  # nothing more to say about this pod
             return
         if terminating:
             self._delete_object(pod)
@@ -478,13 +479,14 @@ class SimKubelet:
 
     def _report_running(self, pod: Any, sandbox: Sandbox) -> None:
         meta, core = pod.metadata, self._core()
+        status = network_status(sandbox)
         core.patch_namespaced_pod(
             meta.name,
             meta.namespace,
             {
                 "metadata": {
                     "annotations": {
-                        NETWORK_STATUS_ANNOTATION: json.dumps(network_status(sandbox)),
+                        NETWORK_STATUS_ANNOTATION: json.dumps(status),
                         NETNS_ANNOTATION: sandbox.netns,
                     }
                 }
@@ -527,7 +529,7 @@ class SimKubelet:
             meta.namespace,
             meta.name,
             sandbox.node,
-            ", ".join(f"{e['interface']} {','.join(e['ips'])}" for e in network_status(sandbox))
+            ", ".join(f"{e['interface']} {','.join(e['ips'])}" for e in status)
             or "no secondary networks",
         )
 

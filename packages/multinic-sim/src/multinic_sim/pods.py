@@ -25,6 +25,8 @@ from multinic_sim.kubelet import (
     NETWORK_STATUS_ANNOTATION,
     NETWORKS_ANNOTATION,
     SANDBOX_FAILED,
+    SandboxError,
+    parse_networks,
     read_nad,
 )
 
@@ -54,16 +56,11 @@ class PodView:
 
     name: str
     namespace: str
-    uid: str
     node: str
     phase: str
     networks: list[str]
     netns: str
     interfaces: list[PodInterface] = field(default_factory=list)
-
-    @property
-    def network(self) -> str:
-        return self.networks[0] if self.networks else ""
 
 
 def interfaces_of(annotations: dict[str, str]) -> list[PodInterface]:
@@ -96,22 +93,16 @@ def interfaces_of(annotations: dict[str, str]) -> list[PodInterface]:
 def view_of(pod: Any) -> PodView:
     """A :class:`PodView` of a ``V1Pod``."""
     annotations = dict(pod.metadata.annotations or {})
-    networks: list[str] = []
-    selection = annotations.get(NETWORKS_ANNOTATION, "").strip()
-    if selection.startswith("["):
-        try:
-            networks = [str(n.get("name")) for n in json.loads(selection) if isinstance(n, dict)]
-        except ValueError:
-            networks = []
-    elif selection:
-        networks = [part.strip().split("/")[-1].split("@")[0] for part in selection.split(",")]
+    try:
+        selections = parse_networks(annotations.get(NETWORKS_ANNOTATION, ""), "")
+    except SandboxError:
+        selections = []  # the kubelet reports that one on the pod's events
     return PodView(
         name=pod.metadata.name,
         namespace=pod.metadata.namespace,
-        uid=pod.metadata.uid,
         node=pod.spec.node_name or "",
         phase=(pod.status.phase if pod.status else None) or "Pending",
-        networks=networks,
+        networks=[s.name for s in selections],
         netns=annotations.get(NETNS_ANNOTATION, ""),
         interfaces=interfaces_of(annotations),
     )
@@ -119,11 +110,10 @@ def view_of(pod: Any) -> PodView:
 
 def sandbox_failure(core: Any, pod: Any) -> str | None:
     """The message of the newest FailedCreatePodSandBox Event of ``pod``, if any."""
-    events = core.list_namespaced_event(
+    mine = core.list_namespaced_event(
         pod.metadata.namespace,
-        field_selector=f"involvedObject.name={pod.metadata.name},reason={SANDBOX_FAILED}",
+        field_selector=f"involvedObject.uid={pod.metadata.uid},reason={SANDBOX_FAILED}",
     ).items
-    mine = [e for e in events if e.involved_object.uid == pod.metadata.uid]
     if not mine:
         return None
     newest = max(mine, key=lambda e: (e.last_timestamp or e.first_timestamp, e.count or 0))
