@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from multinic_agent import shim as shim_module
-from multinic_agent.cli import install_cni, shim_program
+from multinic_agent.cli import install_shim, shim_program
 
 CONFIG = json.dumps({"cniVersion": "0.4.0", "name": "demo", "type": "multi-nic"})
 
@@ -52,7 +52,7 @@ def installed(shim: Path) -> Path:
 
 @pytest.fixture
 def python_shim(tmp_path: Path) -> Path:
-    return install_cni(tmp_path / "bin", mode="python")
+    return install_shim(tmp_path / "bin", "python").path
 
 
 def test_install_writes_an_executable_with_the_real_interpreter(python_shim: Path) -> None:
@@ -61,7 +61,7 @@ def test_install_writes_an_executable_with_the_real_interpreter(python_shim: Pat
     assert first_line == f"#!{os.path.realpath(sys.executable)} -IS"
     assert installed.stat().st_mode & 0o777 == 0o755
     # Reinstalling replaces the file in one step and leaves no temporary behind.
-    install_cni(installed.parent, mode="python")
+    install_shim(installed.parent, "python")
     assert sorted(p.name for p in installed.parent.iterdir()) == ["multi-nic"]
 
 
@@ -70,10 +70,10 @@ def test_reinstalling_leaves_only_the_shim(installed: Path, tmp_path: Path) -> N
     if installed.read_bytes()[:4] == b"\x7fELF":
         prebuilt = tmp_path / "prebuilt-multi-nic"
         shutil.copyfile(installed, prebuilt)
-        install_cni(installed.parent, mode="compiled", shim_binary=prebuilt)
+        install_shim(installed.parent, "compiled", prebuilt)
         assert installed.read_bytes() == prebuilt.read_bytes()
     else:
-        install_cni(installed.parent, mode="python")
+        install_shim(installed.parent, "python")
     assert installed.stat().st_mode & 0o777 == 0o755
     assert sorted(p.name for p in installed.parent.iterdir()) == ["multi-nic"]
 

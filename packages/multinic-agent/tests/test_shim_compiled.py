@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from multinic_agent.cli import install_cni
+from multinic_agent.cli import install_shim
 from multinic_agent.shim_build import (
     PREBUILT_SHIM,
     SHIM_SOURCE,
@@ -84,7 +84,7 @@ def test_build_shim_names_the_compiler_and_its_error(tmp_path: Path) -> None:
 
 def test_shim_source_ships_with_the_package() -> None:
     assert SHIM_SOURCE.name == "shim.c"
-    assert SHIM_SOURCE.parent == Path(install_cni.__code__.co_filename).parent
+    assert SHIM_SOURCE.parent == Path(install_shim.__code__.co_filename).parent
     assert "int main(void)" in SHIM_SOURCE.read_text()
 
 
@@ -284,12 +284,8 @@ def fake_agent(tmp_path: Path) -> Iterator[FakeAgent]:
 
 @pytest.fixture
 def both_shims(tmp_path: Path, compiled_shim: Path) -> tuple[Path, Path]:
-    python = install_cni(tmp_path / "python-bin", mode="python")
-    compiled = install_cni(
-        tmp_path / "compiled-bin",
-        mode="compiled",
-        shim_binary=compiled_shim,
-    )
+    python = install_shim(tmp_path / "python-bin", "python").path
+    compiled = install_shim(tmp_path / "compiled-bin", "compiled", compiled_shim).path
     return python, compiled
 
 

@@ -173,18 +173,6 @@ def _python_instead(bin_dir: Path, interpreter: str | None, why: str) -> Install
     )
 
 
-def install_cni(
-    bin_dir: Path,
-    interpreter: str | None = None,
-    *,
-    mode: str = "python",
-    shim_binary: Path | None = None,
-    cc: str | None = None,
-) -> Path:
-    """Write the shim into ``bin_dir`` as ``multi-nic``; see ``install_shim``."""
-    return install_shim(bin_dir, mode, shim_binary, cc, interpreter).path
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="multinic-agent", description=__doc__.split("\n")[1])
     parser.add_argument("--node", default=os.environ.get("NODE_NAME") or socket.gethostname())
