@@ -15,6 +15,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from .conftest import node_fixtures
+
 SUPPORTED = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST = SUPPORTED[-1]
 ERROR_CODES = frozenset({1, 4, 6, 7, 11, 50, 999})
@@ -68,23 +70,10 @@ class CniCase:
 
 
 def base_config(version: str) -> dict[str, Any]:
-    return {
-        "cniVersion": version,
-        "name": "demo",
-        "type": "multi-nic",
-        "ipam": {
-            "type": "multi-nic-ipam",
-            "hostBlock": 6,
-            "interfaceBlock": 2,
-            "vlanMode": "l2",
-            "excludeCIDRs": ["192.168.0.128/25"],
-        },
-        "dns": {},
-        "plugin": {"cniVersion": version, "type": "macvlan", "mode": "bridge"},
-        "subnet": "192.168.0.0/16",
-        "masterNets": ["10.0.1.0/24", "10.0.2.0/24"],
-        "multiNICIPAM": True,
-    }
+    """The agent tests' demo NAD config, without its routes and daemon settings."""
+    config = node_fixtures.netconf(version)
+    del config["ipam"]["routes"], config["daemonIP"], config["daemonPort"]
+    return config
 
 
 def spread(choices: list[str]) -> st.SearchStrategy[str]:

@@ -45,13 +45,12 @@ from .test_crash_storm_api import (
     GROUP,
     NETWORK,
     VERSION,
-    ApiAgent,
     ApiRuntime,
+    api_agent,
     api_allocations,
-    by_address,
-    kube_sync,
+    create_ippools,
+    journal_mirrored,
     pool_name,
-    pool_object,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -196,11 +195,7 @@ class FaultCluster:
         return {}
 
     def mirrored(self, sim: SimHost) -> bool:
-        for name, expected in sim.agent.journal_pools().items():
-            got = [a for a in api_allocations(self.kube_api, name) if a.get("containerID")]
-            if by_address(got) != by_address(expected):
-                return False
-        return True
+        return journal_mirrored(self.kube_api, sim)
 
     def converged(self, sim: SimHost, plan: list[tuple[str, int]], generation: int) -> bool:
         status = self.route_status(sim)
@@ -230,8 +225,6 @@ def fault_cluster(cluster: Any, installed_shim: Path, tmp_path: Path) -> Iterato
         pytest.skip(f"no CNI plugins in {node_fixtures.SYSTEM_CNI}")
     kube_api = cluster.kube_api
     sim_server = kube_api.require_sim()
-    from multinic_sim.kubeconfig import write_kubeconfig
-
     proxy = operator_fixtures.RecordingProxy(sim_server.url).start()
     address, port = proxy.url.removeprefix("http://").rsplit(":", 1)
     made = FaultCluster(kube_api, proxy)
@@ -260,25 +253,14 @@ def fault_cluster(cluster: Any, installed_shim: Path, tmp_path: Path) -> Iterato
     )
     try:
         for index in indexes:
-            for pool in host_pools(index):
-                kube_api.custom_objects.create_cluster_custom_object(
-                    GROUP, VERSION, "ippools", pool_object(pool)
-                )
+            create_ippools(kube_api, index)
             host = make_host(index)
-            forward = kube_sync.NetnsPortForward(
-                kube_sync.netns_path(host.netns), (address, int(port))
-            )
-            made.forwards.append(forward)
-            workdir = tmp_path / f"agent-{index}"
-            workdir.mkdir()
-            kubeconfig = write_kubeconfig(
-                workdir / "kubeconfig", f"http://127.0.0.1:{forward.port}"
-            )
-            agent = ApiAgent(
+            agent = api_agent(
                 host,
-                workdir,
-                node=f"host-{index}",
-                kubeconfig=kubeconfig,
+                index,
+                (address, port),
+                tmp_path,
+                made.forwards,
                 # Resync and look for leaks every second: faults meet every path.
                 extra_args=["--resync-interval", "1", "--leak-interval", "1"],
             )

@@ -210,6 +210,25 @@ def run_storm(storm: Storm, rng: random.Random) -> tuple[int, float]:
     return kills, time.monotonic() - started
 
 
+def storm_figures(storm: Storm, kills: int, live: int, seconds: float) -> dict[str, Any]:
+    """The figures every storm reports."""
+    return {
+        "operations": storm.calls["ADD"] + storm.calls["DEL"],
+        "del_retries": storm.calls["DEL retry"],
+        "outcomes": {k: v for k, v in storm.calls.items() if " " in k},
+        "kills": kills,
+        "live_at_end": live,
+        "seconds": round(seconds, 1),
+    }
+
+
+def delete_live_pods(sim: SimHost) -> None:
+    """DEL of every pod still live on ``sim``: each succeeds, and the agent holds nothing."""
+    for cid, netns in sim.live.items():
+        assert sim.runtime.delete(cid, netns).status == 0
+    assert sim.agent.held_addresses() == {}
+
+
 def test_kill_9_storm_loses_and_leaks_nothing(
     hosts: list[SimHost], pods: Any, figures: dict[str, Any]
 ) -> None:
@@ -260,19 +279,12 @@ def test_kill_9_storm_loses_and_leaks_nothing(
     assert len(pods.names) == live
 
     for sim in hosts:
-        for cid, netns in sim.live.items():
-            assert sim.runtime.delete(cid, netns).status == 0
-        assert sim.agent.held_addresses() == {}
+        delete_live_pods(sim)
         assert sim.agent.records() == []
         assert host_network_view(sim.host.netns) == sim.before
     figures.update(
+        storm_figures(storm, kills, live, storm_seconds),
         hosts=HOSTS,
-        operations=storm.calls["ADD"] + storm.calls["DEL"],
-        del_retries=storm.calls["DEL retry"],
-        outcomes={k: v for k, v in storm.calls.items() if " " in k},
-        kills=kills,
-        live_at_end=live,
-        seconds=round(storm_seconds, 1),
         duplicates=0,
         leaked=0,
         lost=0,

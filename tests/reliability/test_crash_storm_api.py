@@ -18,8 +18,6 @@ Size: ``MULTINIC_CHAOS_OPS`` (as the file-state storm).
 from __future__ import annotations
 
 import random
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,9 +32,11 @@ from .conftest import CHAOS_OPS, FUZZ_SEED, REPO, load_test_module, node_fixture
 from .test_crash_storm import (
     SimHost,
     Storm,
+    delete_live_pods,
     host_network_view,
     host_pools,
     run_storm,
+    storm_figures,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -62,42 +62,22 @@ class ApiAgent(node_fixtures.Agent):  # type: ignore[misc]
     extra_args: list[str] = field(default_factory=list)
     """More options of ``multinic-agent`` (intervals)."""
 
-    def start(self, timeout: float = 30.0) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    "ip", "netns", "exec", self.host.netns, node_fixtures.AGENT,
-                    "--node", self.node,
-                    "--kubeconfig", str(self.kubeconfig),
-                    "--socket", str(self.socket),
-                    "--state-dir", str(self.state_dir),
-                    "--cni-path", node_fixtures.SYSTEM_CNI,
-                    "--log-level", "DEBUG",
-                    *self.extra_args,
-                    "run",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while not self.socket.exists():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"agent exited: {self.log()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"agent socket not ready: {self.log()[-3000:]}")
-            time.sleep(0.05)
+    def command(self) -> list[str]:
+        return [
+            "ip", "netns", "exec", self.host.netns, node_fixtures.AGENT,
+            "--node", self.node,
+            "--kubeconfig", str(self.kubeconfig),
+            "--socket", str(self.socket),
+            "--state-dir", str(self.state_dir),
+            "--cni-path", node_fixtures.SYSTEM_CNI,
+            "--log-level", "DEBUG",
+            *self.extra_args,
+            "run",
+        ]  # fmt: skip
 
     def journal_pools(self) -> dict[str, list[dict[str, Any]]]:
         """Pool name -> the IPPool allocations the journal implies (read from a copy)."""
-        from multinic_ipam.journal import JOURNAL_FILE, AllocationJournal
-
-        copy_dir = self.workdir / "journal-copy"
-        shutil.rmtree(copy_dir, ignore_errors=True)
-        copy_dir.mkdir()
-        source = self.state_dir / JOURNAL_FILE
-        if source.exists():
-            shutil.copy(source, copy_dir / JOURNAL_FILE)
-        journal = AllocationJournal(copy_dir)
+        journal = self.journal_copy()
         try:
             return {
                 pool_name(pool): [
@@ -161,11 +141,45 @@ class ApiCluster:
 
     def mirrored(self, sim: SimHost) -> bool:
         """Whether every IPPool of the host holds exactly its journal's allocations."""
-        for name, expected in sim.agent.journal_pools().items():
-            got = [a for a in api_allocations(self.kube_api, name) if a.get("containerID")]
-            if by_address(got) != by_address(expected):
-                return False
-        return True
+        return journal_mirrored(self.kube_api, sim)
+
+
+def journal_mirrored(kube_api: Any, sim: SimHost) -> bool:
+    """Whether every IPPool of the host holds exactly its journal's allocations."""
+    for name, expected in sim.agent.journal_pools().items():
+        got = [a for a in api_allocations(kube_api, name) if a.get("containerID")]
+        if by_address(got) != by_address(expected):
+            return False
+    return True
+
+
+def create_ippools(kube_api: Any, index: int) -> None:
+    """The IPPools of node ``host-<index>``, as the operator would create them."""
+    for pool in host_pools(index):
+        kube_api.custom_objects.create_cluster_custom_object(
+            GROUP, VERSION, "ippools", pool_object(pool)
+        )
+
+
+def api_agent(
+    host: Any,
+    index: int,
+    api: tuple[str, str],
+    tmp_path: Path,
+    forwards: list[Any],
+    **options: Any,
+) -> ApiAgent:
+    """The (not yet started) agent of node ``host-<index>`` on ``host``, reaching the API
+    server at ``api`` (address, port) through a port forward appended to ``forwards``."""
+    from multinic_sim.kubeconfig import write_kubeconfig
+
+    address, port = api
+    forward = kube_sync.NetnsPortForward(kube_sync.netns_path(host.netns), (address, int(port)))
+    forwards.append(forward)
+    workdir = tmp_path / f"agent-{index}"
+    workdir.mkdir()
+    kubeconfig = write_kubeconfig(workdir / "kubeconfig", f"http://127.0.0.1:{forward.port}")
+    return ApiAgent(host, workdir, node=f"host-{index}", kubeconfig=kubeconfig, **options)
 
 
 @pytest.fixture
@@ -174,27 +188,13 @@ def api_hosts(cluster: Any, installed_shim: Path, tmp_path: Path) -> Iterator[Ap
         pytest.skip(f"no CNI plugins in {node_fixtures.SYSTEM_CNI}")
     kube_api = cluster.kube_api
     sim_server = kube_api.require_sim()
-    from multinic_sim.kubeconfig import write_kubeconfig
-
     address, port = sim_server.url.removeprefix("http://").rsplit(":", 1)
     made = ApiCluster([], kube_api)
     try:
         for index in range(HOSTS):
-            for pool in host_pools(index):
-                kube_api.custom_objects.create_cluster_custom_object(
-                    GROUP, VERSION, "ippools", pool_object(pool)
-                )
+            create_ippools(kube_api, index)
             host = node_fixtures.make_host()
-            forward = kube_sync.NetnsPortForward(
-                kube_sync.netns_path(host.netns), (address, int(port))
-            )
-            made.forwards.append(forward)
-            workdir = tmp_path / f"agent-{index}"
-            workdir.mkdir()
-            kubeconfig = write_kubeconfig(
-                workdir / "kubeconfig", f"http://127.0.0.1:{forward.port}"
-            )
-            agent = ApiAgent(host, workdir, node=f"host-{index}", kubeconfig=kubeconfig)
+            agent = api_agent(host, index, (address, port), tmp_path, made.forwards)
             sim = SimHost(index, host, agent, ApiRuntime(installed_shim, agent))
             made.hosts.append(sim)
             agent.start()
@@ -260,9 +260,7 @@ def test_kill_9_storm_keeps_the_ippools_equal_to_the_journals(
     assert len(every_address) == 2 * live
 
     for sim in hosts:
-        for cid, netns in sim.live.items():
-            assert sim.runtime.delete(cid, netns).status == 0
-        assert sim.agent.held_addresses() == {}
+        delete_live_pods(sim)
         assert host_network_view(sim.host.netns) == sim.before
     for name in [pool_name(pool) for sim in hosts for pool in host_pools(sim.index)]:
         wait_for(
@@ -271,14 +269,9 @@ def test_kill_9_storm_keeps_the_ippools_equal_to_the_journals(
             f"IPPool {name} empty after the last DEL",
         )
     figures.update(
+        storm_figures(storm, kills, live, storm_seconds),
         hosts=HOSTS,
         ippools=pools,
-        operations=storm.calls["ADD"] + storm.calls["DEL"],
-        del_retries=storm.calls["DEL retry"],
-        outcomes={k: v for k, v in storm.calls.items() if " " in k},
-        kills=kills,
-        live_at_end=live,
-        seconds=round(storm_seconds, 1),
         mirror_settle_seconds=round(settle_seconds, 1),
         duplicates=0,
         differences=0,

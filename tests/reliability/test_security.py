@@ -31,11 +31,9 @@ import pytest
 from multinic_agent.cni_server import CniServer
 from multinic_agent.host_routes import HostRouteTables, RouteTableError, check_table
 from multinic_agent.node_state import FileNodeState
-from multinic_agent.records import RecordStore
 from multinic_core.errors import ConfigError
 from multinic_core.models import InterfaceInfo
 from multinic_core.routes import HostRoute
-from multinic_ipam.journal import AllocationJournal
 
 from .cni_inputs import HOSTILE_NAMES
 from .conftest import REPO, node_fixtures
@@ -100,22 +98,13 @@ def test_the_scan_finds_what_it_looks_for(tmp_path: Path) -> None:
 @pytest.fixture
 def server(tmp_path: Path) -> CniServer:
     state = {"nics": node_fixtures.NICS, "ippools": node_fixtures.POOLS}
-    (tmp_path / "node-state.json").write_text(json.dumps(state))
-    return CniServer(
-        node="host-a",
-        node_state=FileNodeState(tmp_path / "node-state.json"),
-        journal=AllocationJournal(tmp_path),
-        records=RecordStore(tmp_path),
-        cni_path=(),
-    )
+    return node_fixtures.cni_server(tmp_path, state, cni_path=())
 
 
 def env(**changes: str) -> dict[str, str]:
     return {
-        "CNI_COMMAND": "ADD",
-        "CNI_CONTAINERID": "c1",
+        **node_fixtures.CNI_ENV,
         "CNI_NETNS": "/var/run/netns/absent",
-        "CNI_IFNAME": "net1",
         "CNI_PATH": "",
         **changes,
     }

@@ -24,7 +24,11 @@ from typing import Any
 
 import pytest
 
+from multinic_agent.cni_server import CniServer
+from multinic_agent.node_state import FileNodeState
+from multinic_agent.records import RecordStore
 from multinic_agent.shim_build import build_shim, find_compiler
+from multinic_ipam.journal import AllocationJournal
 
 VENV_BIN = Path(sys.executable).parent
 AGENT = str(VENV_BIN / "multinic-agent")
@@ -89,6 +93,39 @@ def netconf(version: str = "1.0.0", **changes: Any) -> dict[str, Any]:
     return config
 
 
+# --------------------------------------------------------------------------- in-process CNI server
+
+SERVER_NETCONF: dict[str, Any] = {
+    key: copy.deepcopy(value)
+    for key, value in NETCONF.items()
+    if key not in ("dns", "daemonIP", "daemonPort")
+}
+"""The demo NAD config the in-process CNI server tests send: no routes, excludes or DNS."""
+SERVER_NETCONF["ipam"] = {
+    key: value for key, value in NETCONF["ipam"].items() if key not in ("excludeCIDRs", "routes")
+}
+CNI_ENV = {
+    "CNI_COMMAND": "ADD",
+    "CNI_CONTAINERID": "c1",
+    "CNI_NETNS": "/var/run/netns/none",
+    "CNI_IFNAME": "net1",
+    "CNI_PATH": SYSTEM_CNI,
+}
+"""A CNI ADD's environment (the netns does not exist: no delegate can run)."""
+
+
+def cni_server(state_dir: Path, state: dict[str, Any], **options: Any) -> CniServer:
+    """The agent's request handling in-process, node ``host-a`` with ``state`` as its node state."""
+    (state_dir / "node-state.json").write_text(json.dumps(state))
+    return CniServer(
+        node="host-a",
+        node_state=FileNodeState(state_dir / "node-state.json"),
+        journal=AllocationJournal(state_dir),
+        records=RecordStore(state_dir),
+        **options,
+    )
+
+
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
 
@@ -151,30 +188,30 @@ class Agent:
         temporary.write_text(json.dumps(state))
         temporary.replace(self.state_dir / "node-state.json")
 
+    def command(self) -> list[str]:
+        """The agent's command line, run in the host's namespace."""
+        return [
+            "ip",
+            "netns",
+            "exec",
+            self.host.netns,
+            AGENT,
+            "--node",
+            "host-a",
+            "--socket",
+            str(self.socket),
+            "--state-dir",
+            str(self.state_dir),
+            "--cni-path",
+            SYSTEM_CNI,
+            "--log-level",
+            "DEBUG",
+            "run",
+        ]
+
     def start(self, timeout: float = 30.0) -> None:
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    self.host.netns,
-                    AGENT,
-                    "--node",
-                    "host-a",
-                    "--socket",
-                    str(self.socket),
-                    "--state-dir",
-                    str(self.state_dir),
-                    "--cni-path",
-                    SYSTEM_CNI,
-                    "--log-level",
-                    "DEBUG",
-                    "run",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while not self.socket.exists():
             if self.process.poll() is not None:
@@ -200,9 +237,9 @@ class Agent:
         self.process.wait()
         self.socket.unlink(missing_ok=True)
 
-    def held_addresses(self) -> dict[tuple[str, str], list[str]]:
-        """What the agent's journal says each attachment holds (read from a copy)."""
-        from multinic_ipam.journal import JOURNAL_FILE, AllocationJournal
+    def journal_copy(self) -> AllocationJournal:
+        """The agent's journal, opened on a copy (the agent may be writing it); close it."""
+        from multinic_ipam.journal import JOURNAL_FILE
 
         copy_dir = self.workdir / "journal-copy"
         shutil.rmtree(copy_dir, ignore_errors=True)
@@ -210,7 +247,11 @@ class Agent:
         source = self.state_dir / JOURNAL_FILE
         if source.exists():
             shutil.copy(source, copy_dir / JOURNAL_FILE)
-        journal = AllocationJournal(copy_dir)
+        return AllocationJournal(copy_dir)
+
+    def held_addresses(self) -> dict[tuple[str, str], list[str]]:
+        """What the agent's journal says each attachment holds (read from a copy)."""
+        journal = self.journal_copy()
         held = {
             (cid, ifname): [e.address for e in journal.entries(net, cid, ifname)]
             for net, cid, ifname in journal.attachments()

@@ -15,45 +15,17 @@ from typing import Any
 import pytest
 
 from multinic_agent.cni_server import CniServer
-from multinic_agent.node_state import FileNodeState
-from multinic_agent.records import RecordStore
-from multinic_ipam.journal import AllocationJournal
 
-NETCONF: dict[str, Any] = {
-    "cniVersion": "1.1.0",
-    "name": "demo",
-    "type": "multi-nic",
-    "ipam": {"type": "multi-nic-ipam", "hostBlock": 6, "interfaceBlock": 2, "vlanMode": "l2"},
-    "plugin": {"cniVersion": "1.0.0", "type": "macvlan", "mode": "bridge"},
-    "subnet": "192.168.0.0/16",
-    "masterNets": ["10.0.1.0/24", "10.0.2.0/24"],
-    "multiNICIPAM": True,
-}
-NODE = {
-    "nics": [
-        {"interfaceName": "eth1", "netAddress": "10.0.1.0/24", "hostIP": "10.0.1.11"},
-        {"interfaceName": "eth2", "netAddress": "10.0.2.0/24", "hostIP": "10.0.2.11"},
-    ],
-    "ippools": [],
-}
-ENV = {
-    "CNI_COMMAND": "ADD",
-    "CNI_CONTAINERID": "c1",
-    "CNI_NETNS": "/var/run/netns/none",
-    "CNI_IFNAME": "net1",
-    "CNI_PATH": "/usr/lib/cni",
-}
+from .conftest import CNI_ENV as ENV
+from .conftest import NICS, SERVER_NETCONF, cni_server
+
+NETCONF: dict[str, Any] = {**SERVER_NETCONF, "cniVersion": "1.1.0"}
+NODE = {"nics": NICS, "ippools": []}
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> CniServer:
-    (tmp_path / "node-state.json").write_text(json.dumps(NODE))
-    return CniServer(
-        node="host-a",
-        node_state=FileNodeState(tmp_path / "node-state.json"),
-        journal=AllocationJournal(tmp_path),
-        records=RecordStore(tmp_path),
-    )
+    return cni_server(tmp_path, NODE)
 
 
 def config_with(**changes: Any) -> str:

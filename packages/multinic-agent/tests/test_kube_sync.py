@@ -789,6 +789,9 @@ def test_agent_adds_a_pod_with_pools_only_in_the_api(
     sim = kube_api.require_sim()
     from multinic_sim.kubeconfig import write_kubeconfig
 
+    # Imported here: test_crash_storm_api.py loads this module outside its package.
+    from .conftest import SERVER_NETCONF
+
     node, network = unique("node"), unique("net")
     objects.track("hostinterfaces", node)
     for body in (
@@ -810,16 +813,7 @@ def test_agent_adds_a_pod_with_pools_only_in_the_api(
     log_path = tmp_path / "agent.log"
     pod = unique("mnk-pod")
     ip("netns", "add", pod)
-    config = {
-        "cniVersion": "1.0.0",
-        "name": network,
-        "type": "multi-nic",
-        "ipam": {"type": "multi-nic-ipam", "hostBlock": 6, "interfaceBlock": 2, "vlanMode": "l2"},
-        "plugin": {"cniVersion": "1.0.0", "type": "macvlan", "mode": "bridge"},
-        "subnet": "192.168.0.0/16",
-        "masterNets": ["10.0.1.0/24", "10.0.2.0/24"],
-        "multiNICIPAM": True,
-    }
+    config = {**SERVER_NETCONF, "name": network}
     with log_path.open("wb") as log:
         agent = subprocess.Popen(
             [

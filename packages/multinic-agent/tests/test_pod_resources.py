@@ -26,16 +26,16 @@ import grpc
 import pytest
 
 from multinic_agent.cni_server import CniServer
-from multinic_agent.node_state import FileNodeState
 from multinic_agent.pod_resources import (
     SERVICE,
     ListPodResourcesRequest,
     ListPodResourcesResponse,
     PodResourcesClient,
 )
-from multinic_agent.records import RecordStore
 from multinic_core.errors import TryAgainError
-from multinic_ipam.journal import AllocationJournal
+
+from . import conftest
+from .conftest import CNI_ENV, SERVER_NETCONF
 
 # (container, resource, device ids, NUMA nodes)
 Allocation = tuple[str, str, list[str], list[int]]
@@ -196,36 +196,13 @@ def test_a_kubelet_that_does_not_answer_is_try_again(kubelet: Kubelet, short_dir
 
 # --------------------------------------------------------------------------- through ADD
 
-NETCONF: dict[str, Any] = {
-    "cniVersion": "1.0.0",
-    "name": "demo",
-    "type": "multi-nic",
-    "ipam": {"type": "multi-nic-ipam", "hostBlock": 6, "interfaceBlock": 2, "vlanMode": "l2"},
-    "plugin": {"cniVersion": "1.0.0", "type": "macvlan", "mode": "bridge"},
-    "subnet": "192.168.0.0/16",
-    "masterNets": ["10.0.1.0/24", "10.0.2.0/24"],
-    "multiNICIPAM": True,
-}
+NETCONF = SERVER_NETCONF
 NICS = [
-    {"interfaceName": "eth1", "netAddress": "10.0.1.0/24", "hostIP": "10.0.1.11",
-     "pciAddress": "0000:3b:00.0", "numaNode": 0},
-    {"interfaceName": "eth2", "netAddress": "10.0.2.0/24", "hostIP": "10.0.2.11",
-     "pciAddress": "0000:5e:00.0", "numaNode": 1},
-]  # fmt: skip
-POOLS = [
-    {"podCIDR": "192.168.0.0/24", "vlanCIDR": "192.168.0.0/18", "netAttachDef": "demo",
-     "hostName": "host-a", "interfaceName": "eth1"},
-    {"podCIDR": "192.168.128.0/24", "vlanCIDR": "192.168.128.0/18", "netAttachDef": "demo",
-     "hostName": "host-a", "interfaceName": "eth2"},
-]  # fmt: skip
-ENV = {
-    "CNI_COMMAND": "ADD",
-    "CNI_CONTAINERID": "c1",
-    "CNI_NETNS": "/var/run/netns/none",
-    "CNI_IFNAME": "net1",
-    "CNI_PATH": "/usr/lib/cni",
-    "CNI_ARGS": "K8S_POD_NAMESPACE=team;K8S_POD_NAME=trainer",
-}
+    {**nic, "pciAddress": pci, "numaNode": numa}
+    for nic, pci, numa in zip(conftest.NICS, ("0000:3b:00.0", "0000:5e:00.0"), (0, 1), strict=True)
+]
+POOLS = [{k: v for k, v in pool.items() if k != "excludes"} for pool in conftest.POOLS]
+ENV = {**CNI_ENV, "CNI_ARGS": "K8S_POD_NAMESPACE=team;K8S_POD_NAME=trainer"}
 
 
 def network(plugin: dict[str, Any], strategy: str = "none") -> dict[str, Any]:
@@ -247,13 +224,9 @@ def network(plugin: dict[str, Any], strategy: str = "none") -> dict[str, Any]:
 def cni_server(
     state_dir: Path, kubelet_socket: Path, net: dict[str, Any], sysfs: Path
 ) -> CniServer:
-    state = {"nics": NICS, "ippools": POOLS, "networks": [net]}
-    (state_dir / "node-state.json").write_text(json.dumps(state))
-    return CniServer(
-        node="host-a",
-        node_state=FileNodeState(state_dir / "node-state.json"),
-        journal=AllocationJournal(state_dir),
-        records=RecordStore(state_dir),
+    return conftest.cni_server(
+        state_dir,
+        {"nics": NICS, "ippools": POOLS, "networks": [net]},
         pod_resources=PodResourcesClient(kubelet_socket, timeout=5, sysfs=sysfs),
     )
 
