@@ -64,6 +64,45 @@ def test_plan_json_output_and_previous_plan_keep_the_blocks(tmp_path: Path) -> N
     assert pods == ["192.168.0.0/24", "192.168.3.0/24", "192.168.128.0/24", "192.168.130.0/24"]
 
 
+def test_plan_with_pools_lists_what_an_edit_would_strand(tmp_path: Path) -> None:
+    """hostBlock 6 -> 8 shrinks A's /24 to a /26: .1 still fits, .100 is stranded."""
+    first = multinic("plan", NETWORK, HOSTS, "-o", "json")
+    previous = tmp_path / "cidr.yaml"
+    previous.write_text(first.stdout)
+    pools = tmp_path / "pools.yaml"
+    pool = {
+        "apiVersion": "multinic.fms.io/v1",
+        "kind": "IPPool",
+        "metadata": {"name": "demo-192.168.0.0-24"},
+        "spec": {
+            "podCIDR": "192.168.0.0/24",
+            "vlanCIDR": "192.168.0.0/18",
+            "netAttachDef": "demo",
+            "hostName": "A",
+            "interfaceName": "eth1",
+            "allocations": [
+                {"pod": "fits", "namespace": "default", "index": 1, "address": "192.168.0.1"},
+                {"pod": "big", "namespace": "team", "index": 100, "address": "192.168.0.100",
+                 "containerID": "c1", "ifName": "net1"},
+            ],
+        },
+    }  # fmt: skip
+    pools.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [pool]}))
+    edited = yaml.safe_load(NETWORK.read_text())
+    ipam = json.loads(edited["spec"]["ipam"])
+    edited["spec"]["ipam"] = json.dumps({**ipam, "hostBlock": 8})
+    network = tmp_path / "network.yaml"
+    network.write_text(yaml.safe_dump(edited))
+
+    result = multinic("plan", network, HOSTS, "--previous", previous, "--pools", pools)
+    assert result.returncode == 0, result.stderr
+    assert "strands 1 of 2 allocation(s) of demo" in result.stderr
+    assert "  team/big 192.168.0.100 (IPPool demo-192.168.0.0-24)" in result.stderr
+    assert "default/fits" not in result.stderr
+    unchanged = multinic("plan", NETWORK, HOSTS, "--previous", previous, "--pools", pools)
+    assert "strands none of the 2 allocation(s) of demo" in unchanged.stderr
+
+
 def test_routes_prints_host_a_routes_exactly() -> None:
     result = multinic("routes", NETWORK, HOSTS, "--host", "A")
     assert result.returncode == 0, result.stderr

@@ -8,6 +8,8 @@ import threading
 import time
 from typing import Any
 
+from multinic_core.models import POOL_RETIRED_ACK, POOL_RETIRED_LABEL
+
 from .conftest import API, network_body
 
 
@@ -156,6 +158,10 @@ def test_namespaces_added_and_removed(cluster: Any, operator_runner: Any) -> Non
         )
 
 
+def retired(pool: dict[str, Any] | None) -> str | None:
+    return ((pool or {}).get("metadata", {}).get("labels") or {}).get(POOL_RETIRED_LABEL)
+
+
 def test_spec_edit_reaches_nads_and_plan(cluster: Any, operator_runner: Any) -> None:
     cluster.add_host("node1")
     with operator_runner():
@@ -169,6 +175,19 @@ def test_spec_edit_reaches_nads_and_plan(cluster: Any, operator_runner: Any) -> 
             lambda: cluster.pod_cidrs().get(("node1", "eth1")) == "192.168.0.0/26",
             "plan recomputed with hostBlock 8",
         )
+        old = {"demo-192.168.0.0-24", "demo-192.168.128.0-24"}
+        # The replaced pools are retired, not deleted, until node1's agent says
+        # it allocates nothing more from them; the new pools overlap them, so
+        # they wait for that too (no agent runs here: the test acknowledges).
+        cluster.wait(lambda: all(retired(cluster.pools().get(n)) for n in old), "pools retired")
+        assert set(cluster.pools()) == old
+        for name in old:
+            cluster.api.patch(
+                API,
+                "IPPool",
+                name,
+                {"metadata": {"annotations": {POOL_RETIRED_ACK: retired(cluster.pools()[name])}}},
+            )
         cluster.wait(
             lambda: set(cluster.pools()) == {"demo-192.168.0.0-26", "demo-192.168.128.0-26"},
             "pools follow the plan",

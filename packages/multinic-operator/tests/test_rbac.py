@@ -126,6 +126,19 @@ def test_every_granted_verb_is_used(cluster: Any, operator_runner: Any) -> None:
             lambda: (cluster.cidr("crowded") or {}).get("status", {}).get("problems"),
             "plan problems recorded",
         )
+        # A plan edit retires the replaced pools (label + status) instead of deleting them.
+        old_pools = set(cluster.pools())
+        ipam = json.loads(network_body()["spec"]["ipam"])
+        cluster.api.patch(
+            API, "MultiNicNetwork", "demo", {"spec": {"ipam": json.dumps({**ipam, "hostBlock": 7})}}
+        )
+        cluster.wait(
+            lambda: all(
+                (cluster.pools().get(n) or {}).get("status", {}).get("phase") == "Retired"
+                for n in old_pools
+            ),
+            "replaced pools retired",
+        )
         cluster.api.patch(
             API, "Config", "multi-nicd", {"spec": {"daemon": {"image": "registry.example/agent:2"}}}
         )

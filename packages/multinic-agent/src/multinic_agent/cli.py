@@ -300,6 +300,7 @@ def run_agent(options: argparse.Namespace) -> int:
         pod_resources=PodResourcesClient(options.pod_resources_socket),
     )
     server.preload()
+    server.reserve_known_addresses()
     log.info("agent for node %s, state in %s, node state from %s", options.node, state_dir, source)
     background = (lambda: cluster.run(server)) if cluster is not None else None
     try:

@@ -60,7 +60,11 @@ class ClusterSync:
     async def run(self, server: CniServer) -> None:
         """Run every task until cancelled."""
         mirror = IPPoolMirror(
-            self.api, server.journal, self.node_state.pools, interval=self.mirror_interval
+            self.api,
+            server.journal,
+            self.node_state.pools,
+            interval=self.mirror_interval,
+            adopt=server.adopt_foreign,
         )
         leaks = LeakCollector(self.api, server, interval=self.leak_interval)
         self.node_state.start()

@@ -25,6 +25,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import netaddr
+
 from multinic_agent import pod_netns
 from multinic_agent.cni_result import AttachResult, CniError, best_common_version, merge_results
 from multinic_agent.device_selection import select_devices
@@ -58,10 +60,16 @@ from multinic_core.hooktypes import (
     SelectionRequest,
     StaticCluster,
 )
-from multinic_core.models import MultiNicNetwork, load_resource
+from multinic_core.models import (
+    IPPoolSpec,
+    MultiNicNetwork,
+    ippool_name,
+    load_resource,
+    parse_cidr,
+)
 from multinic_core.nad import RESOURCE_NAME_ANNOTATION
 from multinic_core.plugins import IpamPlugin, PluginRegistry
-from multinic_ipam.journal import AllocationJournal
+from multinic_ipam.journal import AllocationEntry, AllocationJournal, PoolBlock
 from multinic_ipam.plugins import CONTEXT_JOURNAL, CONTEXT_POOLS
 
 log = logging.getLogger(__name__)
@@ -272,12 +280,82 @@ class CniServer:
         self._lock_users: dict[tuple[str, str], int] = {}
         self._busy: set[tuple[str, str]] = set()
         self._delegate_versions: dict[str, tuple[str, ...]] = {}
+        self._adopted_from: dict[str, IPPoolSpec] = {}
 
     def preload(self) -> None:
         """Load and validate every installed plugin once, before the first pod."""
         for info in self.registry.discover():
             if info.error:
                 log.warning("plugin %s %r unusable: %s", info.kind, info.name, info.error)
+
+    def reserve_known_addresses(self) -> None:
+        """Before the first ADD: hold every address a record or a pool says is live.
+
+        Attachment records on disk whose addresses the journal lost are held
+        again, and the IPPools' allocations that no agent wrote (the
+        predecessor's) are adopted, so no ADD can hand them out.
+        """
+        restored = self.restore_recorded()
+        adopted = self.adopt_foreign()
+        log.info(
+            "addresses reserved before serving: %d restored from attachment records, "
+            "%d adopted from IPPools",
+            restored,
+            adopted,
+        )
+
+    def restore_recorded(self) -> int:
+        pools = self.node_state.all_pools()
+        restored = 0
+        for record in self.records.all():
+            if record.ipam_type != "multi-nic-ipam" or self.journal.entries(
+                record.network, record.container_id, record.ifname
+            ):
+                continue
+            entries = []
+            for delegate, address in zip(record.delegates, record.addresses, strict=False):
+                ip = netaddr.IPAddress(address.split("/")[0])
+                # The pool the address came from, if the node still has it
+                # (else the entry only holds the address: no pool lists it).
+                pool, index = "", -1
+                for spec in pools:
+                    block = parse_cidr(spec.pod_cidr)
+                    if (spec.net_attach_def, spec.interface_name) == (
+                        record.network,
+                        delegate.nic,
+                    ) and ip in block:
+                        pool, index = (
+                            ippool_name(record.network, spec.pod_cidr),
+                            int(ip) - block.first,
+                        )
+                entries.append(
+                    AllocationEntry(
+                        network=record.network,
+                        pool=pool,
+                        interface_name=delegate.nic,
+                        index=index,
+                        address=str(ip),
+                        container_id=record.container_id,
+                        if_name=record.ifname,
+                        pod=record.pod,
+                        namespace=record.namespace,
+                    )
+                )
+            restored += len(self.journal.restore(entries))
+        return restored
+
+    def adopt_foreign(self) -> int:
+        """Adopt the allocations no agent wrote, of every pool of this node that changed."""
+        adopted = 0
+        for spec in self.node_state.all_pools():
+            block = PoolBlock.from_spec(spec)
+            if self._adopted_from.get(block.name) is spec:
+                continue
+            foreign = [a.model_dump(by_alias=True) for a in spec.allocations if not a.container_id]
+            if foreign:
+                adopted += len(self.journal.adopt(spec.net_attach_def, block, foreign))
+            self._adopted_from[block.name] = spec
+        return adopted
 
     # ------------------------------------------------------------------ entry
 
@@ -477,6 +555,10 @@ class CniServer:
     def _ipam_request(
         self, request: CniRequest, network: MultiNicNetwork, nics: Sequence[SelectedNic]
     ) -> IpamRequest:
+        if request.config["ipam"].get("type") == "multi-nic-ipam":
+            # Structural, not per path: no address is chosen before every
+            # allocation the node's pools list is held in the journal.
+            self.adopt_foreign()
         pools = {p.interface_name: p for p in self.node_state.pools_for(network.name)}
         static_ips = [ip for ip in request.args.get("IP", "").split(",") if ip]
         return IpamRequest(
@@ -695,6 +777,7 @@ class CniServer:
 
     async def delete(self, request: CniRequest) -> None:
         async with self._exclusive(request.key):
+            self._release_adopted(request)
             record = self.records.get(*request.key)
             if record is None:
                 # Nothing recorded: an ADD that failed or was cut short by a
@@ -708,6 +791,20 @@ class CniServer:
                 )
                 return
             await self._detach(record, request)
+
+    def _release_adopted(self, request: CniRequest) -> None:
+        """A DEL of a pod also frees what the predecessor allocated to it on this network."""
+        pod = request.pod
+        released = self.journal.release_adopted(request.name, pod.namespace, pod.name)
+        if released:
+            log.info(
+                "DEL %s/%s: released %s adopted from the predecessor for pod %s/%s",
+                *request.key,
+                ", ".join(e.address for e in released),
+                pod.namespace,
+                pod.name,
+                extra=log_fields(*request.key, request.name, f"{pod.namespace}/{pod.name}"),
+            )
 
     async def _detach(self, record: AttachmentRecord, request: CniRequest | None = None) -> None:
         """Undo a recorded attachment: delegates' DEL, addresses, record."""
@@ -857,6 +954,10 @@ class CniServer:
         leaked = 0
         for network, container_id, ifname in self.journal.attachments(request.name):
             key = (container_id, ifname)
+            if not container_id:
+                # Adopted from the predecessor: no attachment the runtime could
+                # list names it, so only its pod's DEL or leak collection frees it.
+                continue
             if key in valid or key in self._busy or self.records.get(*key) is not None:
                 continue
             leaked += len(self.journal.release(network, container_id, ifname))

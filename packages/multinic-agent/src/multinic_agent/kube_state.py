@@ -1,6 +1,7 @@
 """NodeState kept from the Kubernetes API by watches (the agent's cluster mode).
 
-* this node's ``IPPool`` objects (label ``hostname=<node>``): ``pools_for``;
+* this node's ``IPPool`` objects (label ``hostname=<node>``): ``pools_for``
+  (the current ones) and ``all_pools`` (retired ones too);
 * every ``MultiNicNetwork``: ``network`` (its attach policy);
 * every ``DeviceClass``: ``device_class``;
 * this node's ``HostInterface``: ``nics``.
@@ -21,6 +22,7 @@ from kubernetes import client
 from multinic_agent.kube_api import ResourceWatch
 from multinic_core.errors import ConfigError, TryAgainError
 from multinic_core.models import (
+    POOL_RETIRED_LABEL,
     DeviceClass,
     DeviceClassSpec,
     HostInterface,
@@ -96,6 +98,8 @@ class KubeNodeState:
             pool = self._parse(IPPool, obj)
             if pool is None or pool.spec.net_attach_def != network:
                 continue
+            if POOL_RETIRED_LABEL in (obj["metadata"].get("labels") or {}):
+                continue
             if pool.spec.host_name != self.node:
                 log.warning(
                     "IPPool %s is labelled for node %s but its hostName is %s; not used",
@@ -106,6 +110,14 @@ class KubeNodeState:
                 continue
             pools.append(pool.spec)
         return sorted(pools, key=lambda p: p.interface_name)
+
+    def all_pools(self) -> list[IPPoolSpec]:
+        pools = []
+        for obj in self.pools.items():
+            pool = self._parse(IPPool, obj)
+            if pool is not None and pool.spec.host_name == self.node:
+                pools.append(pool.spec)
+        return pools
 
     def network(self, name: str) -> MultiNicNetwork | None:
         return self._parse(MultiNicNetwork, self.networks.get(name))

@@ -52,7 +52,14 @@ class NodeState(Protocol):
         ...
 
     def pools_for(self, network: str) -> list[IPPoolSpec]:
-        """This node's IPPools of ``network`` (one per NIC); empty until planned."""
+        """This node's current IPPools of ``network`` (one per NIC); empty until planned.
+
+        Pools a plan edit retired are not among them (nothing is allocated from them).
+        """
+        ...
+
+    def all_pools(self) -> list[IPPoolSpec]:
+        """Every IPPool of this node, retired ones too (their allocations are live)."""
         ...
 
     def network(self, name: str) -> MultiNicNetwork | None:
@@ -89,6 +96,9 @@ class FileNodeState:
 
     def pools_for(self, network: str) -> list[IPPoolSpec]:
         return [p for p in self._current().pools if p.net_attach_def == network]
+
+    def all_pools(self) -> list[IPPoolSpec]:
+        return list(self._current().pools)
 
     def network(self, name: str) -> MultiNicNetwork | None:
         return self._current().networks.get(name)

@@ -4,7 +4,13 @@
 ``spec.allocations``, exactly what the local journal holds for that pool.
 The journal is authoritative for the node's own entries (those with a
 ``containerID``); entries without one were written by someone else (the
-predecessor, a user) and are kept as they are.  Each pass writes at most one
+predecessor, a user): the journal adopts them (they hold their addresses like
+the agent's own) and they are listed as they were, until a DEL or leak
+collection naming their pod releases them.  A pool a plan edit retired (label
+``multinic.fms.io/retired``) gets nothing new; once the journal refuses it,
+the pass that lists its allocations also acknowledges the retirement
+(annotation ``multinic.fms.io/retired-ack``), which tells the operator that the
+list is complete and final but for releases.  Each pass writes at most one
 merge patch per pool, carrying the resourceVersion it was computed from; a
 409 re-reads the pool and computes again, so nothing another writer did is
 overwritten blindly.  Every change since the last pass goes in one write.
@@ -21,6 +27,7 @@ import json
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +43,8 @@ from multinic_agent.kube_api import (
     describe_error,
 )
 from multinic_core.errors import MultinicError, TryAgainError
-from multinic_core.models import GROUP, VERSION, IPPool
-from multinic_ipam.journal import AllocationJournal, AttachmentKey
+from multinic_core.models import GROUP, POOL_RETIRED_ACK, POOL_RETIRED_LABEL, VERSION, IPPool
+from multinic_ipam.journal import AllocationJournal, AttachmentKey, ForeignRow
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +58,61 @@ def _normal(allocations: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     return sorted(rows, key=lambda row: (int(row[2] or 0), row))
 
 
+def _foreign_row(allocation: dict[str, Any]) -> ForeignRow | None:
+    """An allocation no agent wrote, as the journal remembers it; None for an agent's."""
+    if allocation.get("containerID"):
+        return None
+    try:
+        return (
+            int(allocation["index"]),
+            str(allocation["address"]),
+            str(allocation.get("pod") or ""),
+            str(allocation.get("namespace") or ""),
+        )
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def retired_generation(pool: dict[str, Any]) -> str | None:
+    """The label value of a retired pool (the CIDR generation that replaced it)."""
+    value = (pool["metadata"].get("labels") or {}).get(POOL_RETIRED_LABEL)
+    return None if value is None else str(value)
+
+
+def mirrored_allocations(pool: dict[str, Any], journal: AllocationJournal) -> list[dict[str, Any]]:
+    """What ``spec.allocations`` of ``pool`` should be: the journal's entries.
+
+    Those include the adopted ones (listed as they were).  Rows no agent
+    wrote that the journal did not adopt (unreadable ones) stay as they are;
+    adopted rows that a DEL released are dropped.
+    """
+    name = pool["metadata"]["name"]
+    current = (pool.get("spec") or {}).get("allocations") or []
+    ours = [e.ippool_allocation() for e in journal.pool_allocations(name)]
+    listed = {_foreign_row(a) for a in ours}
+    forgotten = journal.forgotten(name)
+    others = [
+        a
+        for a in current
+        if not a.get("containerID")
+        and _foreign_row(a) not in listed
+        and _foreign_row(a) not in forgotten
+    ]
+    return sorted([*others, *ours], key=lambda a: int(a.get("index", 0)))
+
+
+def retire_and_settle(pools: list[dict[str, Any]], journal: AllocationJournal) -> None:
+    """Before a pass lists the pools: refuse the retired ones, forget settled releases.
+
+    Refusing first makes the acknowledgement true: nothing is allocated from
+    a retired pool after the list that carries it.
+    """
+    journal.set_retired({p["metadata"]["name"] for p in pools if retired_generation(p) is not None})
+    for pool in pools:
+        listed = {_foreign_row(a) for a in (pool.get("spec") or {}).get("allocations") or []}
+        journal.settle_forgotten(pool["metadata"]["name"], {r for r in listed if r})
+
+
 class IPPoolMirror:
     """Writes the journal's allocations into this node's IPPool objects."""
 
@@ -61,39 +123,29 @@ class IPPoolMirror:
         pools: ResourceWatch,
         *,
         interval: float = 1.0,
+        adopt: Callable[[], int] = lambda: 0,
     ) -> None:
         self.objects_api: Any = client.CustomObjectsApi(api)
         self.journal = journal
         self.pools = pools
         self.interval = interval
+        self.adopt = adopt
+        """Adopts the pools' allocations no agent wrote into the journal (the CNI server's)."""
         # After a write the watch cache lags a moment: the object we wrote
         # stands in for the cached one until the cache moves past it.
         self._written: dict[str, tuple[str, dict[str, Any]]] = {}
         self.writes = 0
 
     def desired(self, pool: dict[str, Any]) -> list[dict[str, Any]]:
-        """What ``spec.allocations`` of ``pool`` should be: others' entries plus the journal's."""
-        name = pool["metadata"]["name"]
-        current = (pool.get("spec") or {}).get("allocations") or []
-        ours = [e.ippool_allocation() for e in self.journal.pool_allocations(name)]
-        foreign = [a for a in current if not a.get("containerID")]
-        taken = {a["index"] for a in ours}
-        for entry in foreign:
-            if entry.get("index") in taken:
-                log.warning(
-                    "IPPool %s: allocation %s of %s/%s (not written by an agent) has an index "
-                    "the agent also handed out",
-                    name,
-                    entry.get("address"),
-                    entry.get("namespace"),
-                    entry.get("pod"),
-                )
-        return sorted([*foreign, *ours], key=lambda a: int(a.get("index", 0)))
+        return mirrored_allocations(pool, self.journal)
 
     def mirror_once(self) -> int:
         """One pass over the node's pools; the number of pools written."""
+        self.adopt()
+        pools = self.pools.items()
+        retire_and_settle(pools, self.journal)
         written = 0
-        for pool in self.pools.items():
+        for pool in pools:
             try:
                 written += self._mirror(pool)
             except (MultinicError, ApiException, urllib3.exceptions.HTTPError, OSError) as e:
@@ -116,10 +168,16 @@ class IPPoolMirror:
         for attempt in range(CONFLICT_RETRIES):
             current = (pool.get("spec") or {}).get("allocations") or []
             desired = self.desired(pool)
-            if _normal(current) == _normal(desired):
+            retired = retired_generation(pool)
+            acked = (pool["metadata"].get("annotations") or {}).get(POOL_RETIRED_ACK)
+            ack = retired is not None and acked != retired
+            if _normal(current) == _normal(desired) and not ack:
                 return 0
             version = pool["metadata"]["resourceVersion"]
-            patch = {"metadata": {"resourceVersion": version}, "spec": {"allocations": desired}}
+            metadata: dict[str, Any] = {"resourceVersion": version}
+            if ack:
+                metadata["annotations"] = {POOL_RETIRED_ACK: retired}
+            patch = {"metadata": metadata, "spec": {"allocations": desired}}
             try:
                 stored = call_with_retries(
                     lambda body=patch: self.objects_api.patch_cluster_custom_object(  # type: ignore[misc]
@@ -149,11 +207,12 @@ class IPPoolMirror:
             before = {row[4:] for row in _normal(current)}
             after = {row[4:] for row in _normal(desired)}
             log.info(
-                "mirrored %d allocations to IPPool %s (%d new, %d gone)",
+                "mirrored %d allocations to IPPool %s (%d new, %d gone)%s",
                 len(desired),
                 name,
                 len(after - before),
                 len(before - after),
+                f"; acknowledged its retirement by CIDR generation {retired}" if ack else "",
             )
             return 1
         raise TryAgainError(f"IPPool {name} kept changing: {CONFLICT_RETRIES} conflicts in a row")

@@ -21,12 +21,13 @@ from multinic_core.errors import ConfigError, MultinicError
 from multinic_core.models import (
     CIDR,
     HostInterface,
+    IPPool,
     MultiNicNetwork,
     R,
     Resource,
     load_resource,
 )
-from multinic_core.planner import PlanResult, cidr_object, plan_cidrs
+from multinic_core.planner import PlanResult, cidr_object, plan_cidrs, stranded_allocations
 from multinic_core.plugins import PluginRegistry
 from multinic_core.routes import host_routes
 
@@ -116,6 +117,24 @@ def _plan(args: argparse.Namespace) -> tuple[MultiNicNetwork, PlanResult]:
 def cmd_plan(args: argparse.Namespace) -> int:
     network, result = _plan(args)
     _print_resource(cidr_object(network, result), args.output)
+    if args.pools:
+        pools = [p for p in _load_many(IPPool, args.pools) if p.spec.net_attach_def == network.name]
+        stranded = stranded_allocations(result.spec, pools)
+        held = sum(len(p.spec.allocations) for p in pools)
+        if stranded:
+            print(
+                f"{PROG}: this plan strands {len(stranded)} of {held} allocation(s) of "
+                f"{network.name}: they stay with their pods until those are deleted "
+                "(never renumbered, never handed out again); new pods use the new pools:",
+                file=sys.stderr,
+            )
+            for allocation in stranded:
+                print(f"  {allocation}", file=sys.stderr)
+        else:
+            print(
+                f"{PROG}: this plan strands none of the {held} allocation(s) of {network.name}",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -201,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     with_plan_inputs(plan)
     plan.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    plan.add_argument(
+        "--pools",
+        type=Path,
+        metavar="IPPOOLS.yaml",
+        help="the network's IPPools as they are (kubectl get ippools -o yaml): list on "
+        "stderr the allocations this plan would strand",
+    )
     plan.set_defaults(func=cmd_plan)
 
     routes = sub.add_parser(

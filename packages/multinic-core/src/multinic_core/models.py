@@ -476,6 +476,14 @@ class IPPool(Resource):
     status: dict[str, Any] | None = None
 
 
+POOL_RETIRED_LABEL = f"{GROUP}/retired"
+"""On an IPPool a plan edit replaced while pods still hold its addresses; the
+value is the CIDR generation that replaced it.  Nothing more is allocated from it."""
+POOL_RETIRED_ACK = f"{GROUP}/retired-ack"
+"""Annotation the pool's agent writes (the label's value) once it allocates
+nothing more from the pool and the pool lists every address it holds."""
+
+
 def ippool_name(network: str, pod_cidr: str) -> str:
     """``<network>-<podCIDR with '/' (and ':' for IPv6) replaced by '-'>`` (SPEC 1)."""
     return f"{network}-{pod_cidr.replace('/', '-').replace(':', '-')}"

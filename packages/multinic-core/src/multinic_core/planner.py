@@ -803,3 +803,52 @@ def _host_addresses_in_pools(entry: CIDREntry) -> list[tuple[str, netaddr.IPNetw
             if pod_cidr is not None:
                 found.append((pod_cidr, netaddr.IPNetwork(address)))
     return found
+
+
+# --------------------------------------------------------------------------- plan edits
+
+
+@dataclass(frozen=True)
+class Stranded:
+    """A held address a plan edit left outside its host's current pool of that NIC
+    (or under a new exclude): kept until its pod is deleted, never renumbered."""
+
+    pool: str
+    address: str
+    pod: str
+    namespace: str
+
+    def __str__(self) -> str:
+        who = f"{self.namespace}/{self.pod}" if self.pod else "no pod"
+        return f"{who} {self.address} (IPPool {self.pool})"
+
+
+def stranded_allocations(spec: CIDRSpec, pools: Iterable[IPPool]) -> list[Stranded]:
+    """The allocations of ``pools`` (the IPPools as they are) that ``spec`` strands.
+
+    An allocation is stranded when no pool of the new plan for its host and
+    NIC contains its address, or when one does but its excludes cover it.
+    """
+    excludes = {
+        cidr: [netaddr.IPNetwork(c) for c in values] for cidr, values in pool_excludes(spec).items()
+    }
+    blocks: dict[tuple[str, str], list[tuple[netaddr.IPNetwork, str]]] = {}
+    for entry in spec.cidr:
+        for host in entry.hosts:
+            blocks.setdefault((host.host_name, host.interface_name), []).append(
+                (netaddr.IPNetwork(host.pod_cidr), host.pod_cidr)
+            )
+    found = []
+    for pool in pools:
+        current = blocks.get((pool.spec.host_name, pool.spec.interface_name), [])
+        for allocation in pool.spec.allocations:
+            address = netaddr.IPAddress(allocation.address)
+            fits = any(
+                address in block and not any(address in c for c in excludes.get(cidr, []))
+                for block, cidr in current
+            )
+            if not fits:
+                found.append(
+                    Stranded(pool.name, str(address), allocation.pod, allocation.namespace)
+                )
+    return found

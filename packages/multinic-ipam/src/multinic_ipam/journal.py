@@ -9,6 +9,14 @@ never acknowledged), then compacted into a snapshot written atomically.
 Entries carry exactly what an IPPool ``spec.allocations`` item holds (pod,
 namespace, index, address, containerID, ifName), so the Kubernetes mirror is a
 projection of this journal.
+
+Uniqueness is by address, not by pool: every entry holds a *slot* (host NIC,
+address), and no slot is handed out while any entry holds it, whatever pool
+the entry came from.  A plan edit that replaces a pool (a new block size, a
+new exclude) therefore never hands out an address a running pod still holds
+from the old pool.  Entries the agent did not write (the predecessor's, with
+no containerID) are *adopted*: reserved like the agent's own, keyed by their
+pod, and released only by a DEL or a leak collection that names that pod.
 """
 
 from __future__ import annotations
@@ -18,14 +26,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import netaddr
 
-from multinic_core.errors import ConfigError, MultinicError
+from multinic_core.errors import ConfigError, MultinicError, TryAgainError
 from multinic_core.models import IPPoolSpec, ippool_name, parse_cidr
 
 log = logging.getLogger(__name__)
@@ -91,26 +99,70 @@ class AllocationEntry:
     pod: str = ""
     namespace: str = ""
 
+    @property
+    def adopted(self) -> bool:
+        """Written by someone else (the predecessor, a user): no containerID."""
+        return not self.container_id
+
+    @property
+    def key(self) -> AttachmentKey:
+        """The attachment the entry belongs to; adopted entries are grouped by pod."""
+        if self.adopted:
+            return adopted_key(self.network, self.namespace, self.pod)
+        return (self.network, self.container_id, self.if_name)
+
+    @property
+    def slot(self) -> Slot:
+        return address_slot(self.interface_name, self.address)
+
+    @property
+    def holder(self) -> str:
+        """Who holds the address, for messages."""
+        who = f"{self.namespace}/{self.pod}" if self.pod else "no pod"
+        if self.adopted:
+            return f"{who} (adopted from IPPool {self.pool})"
+        return f"{who} (container {self.container_id} ifname {self.if_name})"
+
     def ippool_allocation(self) -> dict[str, Any]:
-        """The entry as an IPPool ``spec.allocations`` item."""
-        return {
+        """The entry as an IPPool ``spec.allocations`` item (an adopted one as it was)."""
+        item: dict[str, Any] = {
             "pod": self.pod,
             "namespace": self.namespace,
             "index": self.index,
             "address": self.address,
-            "containerID": self.container_id,
-            "ifName": self.if_name,
         }
+        if not self.adopted:
+            item["containerID"] = self.container_id
+            item["ifName"] = self.if_name
+        return item
 
 
 AttachmentKey = tuple[str, str, str]
-"""(network, containerID, ifName): what one CNI ADD allocates for."""
+"""(network, containerID, ifName): what one CNI ADD allocates for.  Adopted
+entries have ``(network, "", "<namespace>/<pod>")``."""
+
+Slot = tuple[str, int, int]
+"""(host NIC, IP version, address as an integer): what must never have two holders."""
+
+ForeignRow = tuple[int, str, str, str]
+"""An adopted IPPool allocation as (index, address, pod, namespace)."""
+
+
+def adopted_key(network: str, namespace: str, pod: str) -> AttachmentKey:
+    return (network, "", f"{namespace}/{pod}")
+
+
+def address_slot(interface_name: str, address: str) -> Slot:
+    ip = netaddr.IPAddress(address)
+    return (interface_name, ip.version, int(ip))
 
 
 @dataclass
 class _PoolState:
     used: dict[int, AllocationEntry] = field(default_factory=dict)
     released: dict[int, float] = field(default_factory=dict)
+    forgotten: set[ForeignRow] = field(default_factory=set)
+    """Adopted rows released here that the IPPool object may still list."""
 
 
 class AllocationJournal:
@@ -133,6 +185,8 @@ class AllocationJournal:
         self._lock = threading.Lock()
         self._by_key: dict[AttachmentKey, list[AllocationEntry]] = {}
         self._pools: dict[str, _PoolState] = {}
+        self._held: dict[Slot, list[AllocationEntry]] = {}
+        self._retired: frozenset[str] = frozenset()
         self._excluded: dict[PoolBlock, list[tuple[int, int]]] = {}
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._appended = 0
@@ -153,8 +207,126 @@ class AllocationJournal:
     def pool_allocations(self, pool: str) -> list[AllocationEntry]:
         """The allocations of one IPPool, by index (its ``spec.allocations``)."""
         with self._lock:
+            found = [e for entries in self._by_key.values() for e in entries if e.pool == pool]
+            return sorted(found, key=lambda e: (e.index, e.adopted))
+
+    def holders(self, interface_name: str, address: str) -> list[AllocationEntry]:
+        """Every entry holding ``address`` on host NIC ``interface_name`` (at most one)."""
+        with self._lock:
+            return list(self._held.get(address_slot(interface_name, address), ()))
+
+    def all_entries(self) -> list[AllocationEntry]:
+        with self._lock:
+            return [e for entries in self._by_key.values() for e in entries]
+
+    def forgotten(self, pool: str) -> set[ForeignRow]:
+        """Adopted rows of ``pool`` released here, that the mirror must drop from the object."""
+        with self._lock:
             state = self._pools.get(pool)
-            return [state.used[i] for i in sorted(state.used)] if state else []
+            return set(state.forgotten) if state else set()
+
+    # ------------------------------------------------------------------ plan edits
+
+    def set_retired(self, pools: set[str] | frozenset[str]) -> None:
+        """Pools a new plan replaced: nothing more is allocated from them.
+
+        Their entries stay (the pods still run) and keep holding their
+        addresses; an ADD that still names a retired pool (it read the plan
+        just before the edit) is told to try again, and its retry gets the new
+        pool.
+        """
+        with self._lock:
+            self._retired = frozenset(pools)
+
+    def adopt(
+        self,
+        network: str,
+        block: PoolBlock,
+        allocations: Sequence[Mapping[str, Any]],
+    ) -> list[AllocationEntry]:
+        """Reserve the allocations of an IPPool object that no agent wrote.
+
+        ``allocations`` are ``spec.allocations`` items; those with a
+        ``containerID`` are an agent's and are skipped, as are rows already
+        adopted and rows released here (a DEL named their pod) that the object
+        still lists.  Durable before it returns.  An adopted row whose address
+        another entry already holds is kept too (it is live), with an error:
+        the address then has two holders until one of them is deleted.
+        """
+        with self._lock:
+            state = self._pools.setdefault(block.name, _PoolState())
+            adopted: list[AllocationEntry] = []
+            for item in allocations:
+                if item.get("containerID"):
+                    continue
+                try:
+                    entry = AllocationEntry(
+                        network=network,
+                        pool=block.name,
+                        interface_name=block.interface_name,
+                        index=int(item["index"]),
+                        address=str(netaddr.IPAddress(str(item["address"]))),
+                        container_id="",
+                        if_name="",
+                        pod=str(item.get("pod") or ""),
+                        namespace=str(item.get("namespace") or ""),
+                    )
+                except (KeyError, ValueError, TypeError, netaddr.AddrFormatError) as e:
+                    log.warning("IPPool %s: allocation %r not adopted: %s", block.name, item, e)
+                    continue
+                row = (entry.index, entry.address, entry.pod, entry.namespace)
+                if row in state.forgotten or state.used.get(entry.index) == entry:
+                    continue
+                held = self._held.get(entry.slot)
+                if held:
+                    if entry in held:
+                        continue
+                    log.error(
+                        "IPPool %s: allocation %s of %s/%s (not written by an agent) is an "
+                        "address %s already holds; both are kept, so it has two holders "
+                        "until one of them is deleted",
+                        block.name,
+                        entry.address,
+                        entry.namespace,
+                        entry.pod,
+                        held[0].holder,
+                    )
+                adopted.append(entry)
+            if adopted:
+                self._append({"op": "add", "entries": [asdict(e) for e in adopted]})
+                self._apply_add(adopted)
+                self._compact_if_long()
+                log.info(
+                    "adopted %d allocation(s) of IPPool %s written by no agent: %s",
+                    len(adopted),
+                    block.name,
+                    ", ".join(f"{e.address} ({e.namespace}/{e.pod})" for e in adopted),
+                )
+            return adopted
+
+    def restore(self, entries: Sequence[AllocationEntry]) -> list[AllocationEntry]:
+        """Hold addresses an attachment record on disk shows but the journal lost.
+
+        Entries of an attachment the journal already knows are skipped.
+        """
+        with self._lock:
+            missing = [e for e in entries if e.key not in self._by_key]
+            if missing:
+                self._append({"op": "add", "entries": [asdict(e) for e in missing]})
+                self._apply_add(missing)
+                log.warning(
+                    "IPAM journal had no entry of %d recorded address(es); held again: %s",
+                    len(missing),
+                    ", ".join(f"{e.address} ({e.holder})" for e in missing),
+                )
+            return missing
+
+    def settle_forgotten(self, pool: str, listed: set[ForeignRow]) -> None:
+        """Forget released adopted rows that the IPPool object no longer lists."""
+        with self._lock:
+            state = self._pools.get(pool)
+            if state is not None and state.forgotten - listed:
+                state.forgotten &= listed
 
     # ------------------------------------------------------------------ changes
 
@@ -184,13 +356,19 @@ class AllocationJournal:
                     f"{', '.join(e.pool for e in held)} of network {network}, not in "
                     f"{', '.join(b.name for b in blocks)}; DEL it first"
                 )
+            retired = [b.name for b in blocks if b.name in self._retired]
+            if retired:
+                raise TryAgainError(
+                    f"IPPool {', '.join(retired)} was replaced by a new plan of network "
+                    f"{network}; the next try uses the new pool"
+                )
             chosen: list[AllocationEntry] = []
             for block in blocks:
-                index = self._choose(block, {e.index for e in chosen if e.pool == block.name})
+                index = self._choose(block, {e.slot for e in chosen})
                 if index is None:
                     raise PoolExhaustedError(
                         f"IPPool {block.name} ({block.pod_cidr}) has no free address "
-                        f"({len(self._pools.get(block.name, _PoolState()).used)} in use)"
+                        f"({self._held_in(block)} in use or held by pods of earlier plans)"
                     )
                 net = parse_cidr(block.pod_cidr)
                 address = str(netaddr.IPAddress(net.first + index, net.version))
@@ -246,18 +424,36 @@ class AllocationJournal:
             )
             return released
 
+    def release_adopted(self, network: str, namespace: str, pod: str) -> list[AllocationEntry]:
+        """Free the adopted allocations of one pod (its DEL, or it is known gone)."""
+        if not pod:
+            return []
+        return self.release(*adopted_key(network, namespace, pod))
+
     def close(self) -> None:
         os.close(self._fd)
 
     # ------------------------------------------------------------------ internals
 
-    def _choose(self, block: PoolBlock, taken: set[int]) -> int | None:
+    def _held_in(self, block: PoolBlock) -> int:
+        net = parse_cidr(block.pod_cidr)
+        return sum(
+            1
+            for (nic, version, value) in self._held
+            if nic == block.interface_name
+            and version == net.version
+            and net.first <= value <= net.last
+        )
+
+    def _choose(self, block: PoolBlock, taken: set[Slot]) -> int | None:
         """Next free index after the highest used one, then the lowest free one.
 
-        An index released less than ``reuse_delay`` ago is used only when no
+        Free means: no entry of any pool holds the address on that NIC.  An
+        index released less than ``reuse_delay`` ago is used only when no
         other index is free (the one released longest ago first).
         """
-        size = parse_cidr(block.pod_cidr).size
+        net = parse_cidr(block.pod_cidr)
+        size = net.size
         last = size - 2
         if last < 1:
             return None
@@ -269,7 +465,8 @@ class AllocationJournal:
         now = self._clock()
         fallback: tuple[float, int] | None = None
         for index in _candidates(start, last, excluded):
-            if index in state.used or index in taken:
+            slot = (block.interface_name, net.version, net.first + index)
+            if index in state.used or slot in self._held or slot in taken:
                 continue
             released_at = state.released.get(index)
             if released_at is not None and now - released_at < self.reuse_delay:
@@ -282,10 +479,10 @@ class AllocationJournal:
     def _apply_add(self, entries: Sequence[AllocationEntry]) -> None:
         for entry in entries:
             state = self._pools.setdefault(entry.pool, _PoolState())
-            state.used[entry.index] = entry
+            state.used.setdefault(entry.index, entry)
             state.released.pop(entry.index, None)
-            key = (entry.network, entry.container_id, entry.if_name)
-            self._by_key.setdefault(key, []).append(entry)
+            self._by_key.setdefault(entry.key, []).append(entry)
+            self._held.setdefault(entry.slot, []).append(entry)
 
     def _apply_del(self, key: AttachmentKey, at: float) -> list[AllocationEntry]:
         entries = self._by_key.pop(key, [])
@@ -294,6 +491,13 @@ class AllocationJournal:
             if state.used.get(entry.index) == entry:
                 del state.used[entry.index]
                 state.released[entry.index] = at
+            holders = self._held.get(entry.slot, [])
+            if entry in holders:
+                holders.remove(entry)
+            if not holders:
+                self._held.pop(entry.slot, None)
+            if entry.adopted:
+                state.forgotten.add((entry.index, entry.address, entry.pod, entry.namespace))
         return entries
 
     def _append(self, record: dict[str, Any]) -> None:
@@ -353,6 +557,11 @@ class AllocationJournal:
             state = self._pools.setdefault(record["pool"], _PoolState())
             if int(record["index"]) not in state.used:
                 state.released[int(record["index"])] = float(record["ts"])
+        elif op == "forgotten":
+            state = self._pools.setdefault(record["pool"], _PoolState())
+            state.forgotten.update(
+                (int(i), str(a), str(p), str(n)) for i, a, p, n in record["rows"]
+            )
         else:
             raise ValueError(f"unknown op {op!r}")
 
@@ -369,6 +578,9 @@ class AllocationJournal:
                     lines.append(
                         json.dumps({"op": "released", "pool": pool, "index": index, "ts": at})
                     )
+            if state.forgotten:
+                rows = sorted(state.forgotten)
+                lines.append(json.dumps({"op": "forgotten", "pool": pool, "rows": rows}))
         temporary = self.path.with_suffix(".tmp")
         with temporary.open("w", encoding="utf-8") as snapshot:
             snapshot.write("".join(line + "\n" for line in lines))

@@ -15,15 +15,25 @@ from, so a concurrent agent write makes it fail (409) instead of being lost.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import netaddr
 
 from multinic_core.hooktypes import DependentObject
-from multinic_core.models import API_VERSION, CIDRSpec, MultiNicNetwork, ippool_name
+from multinic_core.models import (
+    API_VERSION,
+    POOL_RETIRED_ACK,
+    POOL_RETIRED_LABEL,
+    CIDRSpec,
+    MultiNicNetwork,
+    ippool_name,
+)
 from multinic_core.nad import RESOURCE_NAME_ANNOTATION, owner_reference
+from multinic_core.planner import Stranded
 
 POOL_HOST_LABEL = "hostname"
 POOL_NETWORK_LABEL = "netname"
@@ -100,15 +110,136 @@ def pool_patch(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[
             spec[field] = want
     if not _same_cidrs(have_spec.get("excludes") or [], want_spec["excludes"]):
         spec["excludes"] = want_spec["excludes"]
-    labels = _missing_labels(existing, desired)
+    labels: dict[str, Any] = dict(_missing_labels(existing, desired))
+    annotations: dict[str, Any] = {}
+    if POOL_RETIRED_LABEL in _labels(existing):
+        # Planned again (the edit was undone): allocate from it again.
+        labels[POOL_RETIRED_LABEL] = None
+        annotations[POOL_RETIRED_ACK] = None
     if not spec and not labels:
         return None
     patch: dict[str, Any] = {"metadata": {"resourceVersion": _rv(existing)}}
     if labels:
         patch["metadata"]["labels"] = labels
+    if annotations:
+        patch["metadata"]["annotations"] = annotations
     if spec:
         patch["spec"] = spec
     return patch
+
+
+# --------------------------------------------------------------------------- plan edits
+
+
+@dataclass
+class RetiredPools:
+    """What a plan edit does to the pools it replaces, and to the pools that replace them.
+
+    ``retire``: stale pools whose addresses pods still hold, or whose agent has
+    not yet acknowledged that nothing more is allocated from them: kept, with
+    the retired label.  ``delete``: stale pools nothing holds any more.
+    ``deferred``: new pools not created yet because they overlap a retired pool
+    whose agent has not acknowledged it (its list may still grow); created once
+    it has.  ``excludes``: per current pool, the addresses still held in
+    retired pools inside its block, added to its ``excludes``.  (Which held
+    addresses the new plan strands is ``multinic_core.planner.stranded_allocations``.)
+    """
+
+    retire: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Pool name -> the retired label value to set (unchanged if it has one)."""
+    delete: list[str] = dataclasses.field(default_factory=list)
+    deferred: list[str] = dataclasses.field(default_factory=list)
+    excludes: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    stranded: list[Stranded] = dataclasses.field(default_factory=list)
+    """Set by the reconciler: ``stranded_allocations`` of the new plan."""
+    waiting: list[str] = dataclasses.field(default_factory=list)
+    """Retired pools whose agent has not acknowledged the retirement yet."""
+
+
+def _labels(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (body.get("metadata") or {}).get("labels") or {}
+
+
+def _annotations(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (body.get("metadata") or {}).get("annotations") or {}
+
+
+def retire_pools(
+    existing: Mapping[str, Mapping[str, Any]],
+    desired: Mapping[str, Mapping[str, Any]],
+    generation: int | str | None,
+    planned_hosts: Iterable[str],
+    agent_hosts: Iterable[str],
+) -> RetiredPools:
+    """Decide the fate of the pools a plan no longer has (SPEC 2: allocations that no
+    longer fit are reported, never renumbered or handed out twice).
+
+    ``planned_hosts``: hosts in the new plan (a stale pool of a host that left
+    is deleted: its pods went with it).  ``agent_hosts``: hosts with an agent
+    (an unmanaged host's pools have no agent to acknowledge anything).
+    """
+    outcome = RetiredPools()
+    planned, agents = set(planned_hosts), set(agent_hosts)
+    held: list[tuple[netaddr.IPNetwork, netaddr.IPAddress | None]] = []
+    for name, pool in sorted(existing.items()):
+        if name in desired:
+            continue
+        spec = pool.get("spec") or {}
+        host = spec.get("hostName", "")
+        allocations = spec.get("allocations") or []
+        if host not in planned:
+            outcome.delete.append(name)
+            continue
+        label = _labels(pool).get(POOL_RETIRED_LABEL)
+        acked = label is not None and _annotations(pool).get(POOL_RETIRED_ACK) == str(label)
+        if host not in agents:
+            acked = True
+        if not allocations and acked:
+            outcome.delete.append(name)
+            continue
+        outcome.retire[name] = str(label if label is not None else generation or 0)
+        try:
+            block = netaddr.IPNetwork(spec["podCIDR"])
+        except (KeyError, netaddr.AddrFormatError, ValueError, TypeError):
+            continue
+        if not acked:
+            outcome.waiting.append(name)
+            held.append((block, None))
+        for allocation in allocations:
+            with contextlib.suppress(KeyError, netaddr.AddrFormatError, ValueError, TypeError):
+                if acked:
+                    held.append((block, netaddr.IPAddress(allocation["address"])))
+    _held_excludes(outcome, existing, desired, held)
+    return outcome
+
+
+def _held_excludes(
+    outcome: RetiredPools,
+    existing: Mapping[str, Mapping[str, Any]],
+    desired: Mapping[str, Mapping[str, Any]],
+    held: Sequence[tuple[netaddr.IPNetwork, netaddr.IPAddress | None]],
+) -> None:
+    """Per current pool, what retired pools still hold inside its block (or defer it)."""
+    for name, pool in desired.items():
+        block = netaddr.IPNetwork(pool["spec"]["podCIDR"])
+        extra: list[str] = []
+        for retired_block, address in held:
+            if retired_block.version != block.version:
+                continue
+            if address is not None:
+                if address in block:
+                    extra.append(f"{address}/{32 if address.version == 4 else 128}")
+                continue
+            if block.first > retired_block.last or retired_block.first > block.last:
+                continue
+            # Not acknowledged: any address of the overlap may be (about to be)
+            # held, so the overlap is not handed out before the agent's list is final.
+            if name not in existing:
+                outcome.deferred.append(name)
+                break
+            extra.append(str(block if block.size <= retired_block.size else retired_block))
+        if extra:
+            outcome.excludes[name] = extra
 
 
 # --------------------------------------------------------------------------- CIDR

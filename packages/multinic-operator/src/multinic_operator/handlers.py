@@ -26,10 +26,11 @@ from typing import Any
 import kopf
 
 from multinic_core.errors import ConfigError
-from multinic_core.models import GROUP, VERSION, Config
+from multinic_core.models import GROUP, POOL_RETIRED_LABEL, VERSION, Config
 from multinic_core.plugins import PluginRegistry
 from multinic_operator.agent import DEFAULT_AGENT_IMAGE, AgentDeployer
 from multinic_operator.batching import DEFAULT_WINDOW, ReconcileBatcher
+from multinic_operator.desired import POOL_NETWORK_LABEL
 from multinic_operator.kube import KubeApi, KubeApiError
 from multinic_operator.reconciler import NetworkReconciler
 
@@ -206,6 +207,16 @@ def _register_cluster_events(registry: kopf.OperatorRegistry, batcher: Reconcile
         if seen.get(name) != digest:
             seen[name] = digest
             batcher.request()
+
+    # A replaced (retired) pool's agent acknowledged it, or a pod holding one
+    # of its addresses went: new pools may start, excludes shrink, status moves.
+    @kopf.on.event(
+        GROUP, VERSION, "ippools", labels={POOL_RETIRED_LABEL: kopf.PRESENT}, registry=registry
+    )
+    async def retired_pool_event(body: kopf.Body, **_: Any) -> None:
+        network = (body.get("metadata", {}).get("labels") or {}).get(POOL_NETWORK_LABEL)
+        if network:
+            batcher.request([network])
 
     @kopf.on.event("", "v1", "nodes", registry=registry)
     async def node_event(type: str | None, **_: Any) -> None:

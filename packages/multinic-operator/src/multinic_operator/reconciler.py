@@ -28,8 +28,10 @@ from multinic_core.hooktypes import DependentObject
 from multinic_core.models import (
     API_VERSION,
     CIDR,
+    POOL_RETIRED_LABEL,
     Config,
     HostInterface,
+    IPPool,
     MultiNicNetwork,
     load_resource,
 )
@@ -41,12 +43,14 @@ from multinic_core.planner import (
     compute_results,
     plan_cidrs,
     pool_excludes,
+    stranded_allocations,
 )
 from multinic_core.plugins import MainPlugin, PluginRegistry
 from multinic_operator.desired import (
     DEPENDENT_KINDS_ANNOTATION,
     DEPENDENT_LABEL,
     POOL_NETWORK_LABEL,
+    RetiredPools,
     cidr_spec_patch,
     dependent_body,
     dependent_patch,
@@ -56,6 +60,7 @@ from multinic_operator.desired import (
     owned_by,
     pool_patch,
     recorded_kinds,
+    retire_pools,
 )
 from multinic_operator.kube import ApiClusterReader, KubeApi, KubeApiError
 from multinic_operator.status import (
@@ -278,7 +283,12 @@ class NetworkReconciler:
             plan = plan_cidrs(network, hosts, previous)
             cidr = self._apply_cidr(network, plan, cidr)
             cidr_generation = cidr["metadata"].get("generation")
-            self._apply_pools(network.name, plan)
+            agents = {h.spec.host_name or h.name for h in hosts if not h.unmanaged}
+            retired = self._apply_pools(
+                network.name, plan, cidr["metadata"].get("generation"), agents
+            )
+            inputs.stranded = retired.stranded
+            inputs.retiring = retired.waiting
             inputs.compute_results = compute_results(plan.spec)
             inputs.cidr_processed = cidr_processed(plan.spec)
             inputs.problems.extend(str(p) for p in plan.problems if p.kind != "nic-missing")
@@ -331,7 +341,13 @@ class NetworkReconciler:
 
     # ------------------------------------------------------------------ IPPools
 
-    def _apply_pools(self, network_name: str, plan: PlanResult | None) -> None:
+    def _apply_pools(
+        self,
+        network_name: str,
+        plan: PlanResult | None,
+        generation: int | None = None,
+        agent_hosts: Iterable[str] = (),
+    ) -> RetiredPools:
         existing = {
             p["metadata"]["name"]: p
             for p in self.api.list(
@@ -339,22 +355,71 @@ class NetworkReconciler:
             )
         }
         desired: dict[str, dict[str, Any]] = {}
+        planned: set[str] = set()
         if plan is not None:
             desired = desired_pools(network_name, plan.spec, pool_excludes(plan.spec))
-        creates = [body for name, body in desired.items() if name not in existing]
+            planned = {h.host_name for e in plan.spec.cidr for h in e.hosts}
+        retired = retire_pools(existing, desired, generation, planned, agent_hosts)
+        if plan is not None:
+            retired.stranded = stranded_allocations(plan.spec, _valid_pools(existing.values()))
+        for name, extra in retired.excludes.items():
+            desired[name]["spec"]["excludes"] = [*desired[name]["spec"]["excludes"], *extra]
+        creates = [
+            body
+            for name, body in desired.items()
+            if name not in existing and name not in retired.deferred
+        ]
         updates = [(existing[n], body) for n, body in desired.items() if n in existing]
-        stale = [name for name in existing if name not in desired]
         self._parallel(self._create_pool, creates)
         for have, want in updates:
             self._update_pool(have, want)
-        self._parallel(lambda n: self.api.delete(API_VERSION, "IPPool", n), stale)
-        if creates or stale:
+        for name, value in retired.retire.items():
+            self._retire_pool(existing[name], value, retired)
+        self._parallel(lambda n: self.api.delete(API_VERSION, "IPPool", n), retired.delete)
+        if creates or retired.delete or retired.retire:
             log.info(
-                "network %s: %d IPPool(s) created, %d deleted",
+                "network %s: %d IPPool(s) created, %d deleted, %d kept retired "
+                "(%d stranded allocation(s)), %d new pool(s) wait for an agent's list",
                 network_name,
                 len(creates),
-                len(stale),
+                len(retired.delete),
+                len(retired.retire),
+                len(retired.stranded),
+                len(retired.deferred),
             )
+        return retired
+
+    def _retire_pool(self, pool: dict[str, Any], value: str, retired: RetiredPools) -> None:
+        """Label a replaced pool retired and say on its status what it still holds."""
+        name = pool["metadata"]["name"]
+        labels = pool["metadata"].get("labels") or {}
+        if labels.get(POOL_RETIRED_LABEL) != value:
+            self.api.patch(
+                API_VERSION,
+                "IPPool",
+                name,
+                {"metadata": {"labels": {POOL_RETIRED_LABEL: value}}},
+            )
+        held = len((pool.get("spec") or {}).get("allocations") or [])
+        stranded = [s for s in retired.stranded if s.pool == name]
+        status = {
+            "phase": "Retired",
+            "retiredByCIDRGeneration": value,
+            "heldAllocations": held,
+            "strandedAllocations": len(stranded),
+            "message": (
+                f"replaced by CIDR generation {value}: nothing new is allocated from it; "
+                f"{held} allocation(s) stay until their pods are deleted"
+                + (f" ({len(stranded)} outside the current plan)" if stranded else "")
+                + (
+                    "; waiting for the node's agent to acknowledge"
+                    if name in retired.waiting
+                    else ""
+                )
+            ),
+        }
+        if (pool.get("status") or {}) != status:
+            self.api.patch(API_VERSION, "IPPool", name, {"status": status}, status=True)
 
     def _create_pool(self, body: dict[str, Any]) -> None:
         try:
@@ -523,6 +588,16 @@ class NetworkReconciler:
         with ThreadPoolExecutor(max_workers=self._workers) as pool:
             for future in [pool.submit(action, item) for item in items]:
                 future.result()
+
+
+def _valid_pools(bodies: Iterable[dict[str, Any]]) -> list[IPPool]:
+    pools = []
+    for body in bodies:
+        try:
+            pools.append(load_resource(IPPool, body))
+        except ConfigError as e:
+            log.warning("ignoring an invalid IPPool: %s", e)
+    return pools
 
 
 def _network_or_none(body: Mapping[str, Any]) -> MultiNicNetwork | None:

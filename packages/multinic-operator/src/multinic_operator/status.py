@@ -21,6 +21,7 @@ from multinic_core.models import (
     MultiNicNetworkStatus,
     NetworkResult,
 )
+from multinic_core.planner import Stranded
 
 RouteState = Literal["N/A", "WaitForRoutes", "Unknown", "Success", "Failed"]
 MAX_NAMED_HOSTS = 5
@@ -110,6 +111,44 @@ class StatusInputs:
     routes: RouteSummary = field(default_factory=lambda: RouteSummary("N/A"))
     problems: list[str] = field(default_factory=list)
     """Things that did not go as asked (unplaced hosts, missing namespaces...)."""
+    stranded: Sequence[Stranded] = ()
+    """Allocations a plan edit left outside the current pools (kept until their pods go)."""
+    retiring: Sequence[str] = ()
+    """Replaced pools whose agent has not yet acknowledged that it allocates nothing from them."""
+
+
+def stranded_condition(inputs: StatusInputs, generation: int | None) -> Condition:
+    """``AllocationsStranded``: True while pods hold addresses outside the current plan."""
+    if not inputs.stranded:
+        message = ""
+        if inputs.retiring:
+            message = (
+                f"waiting for agents to acknowledge {len(inputs.retiring)} replaced IPPool(s) "
+                f"({_named(list(inputs.retiring))}); new pools overlapping them start after that"
+            )
+        return Condition(
+            type="AllocationsStranded",
+            status="False",
+            reason="NoneStranded",
+            message=message,
+            observed_generation=generation,
+        )
+    pods = sorted(
+        {f"{s.namespace}/{s.pod}" if s.pod else f"(no pod) {s.address}" for s in inputs.stranded}
+    )
+    return Condition(
+        type="AllocationsStranded",
+        status="True",
+        reason="PlanChanged",
+        message=(
+            f"{len(inputs.stranded)} allocation(s) of {len(pods)} pod(s) are outside the current "
+            f"plan and kept until those pods are deleted (new pods use the new pools): "
+            f"{_named(pods)}; addresses: "
+            + ", ".join(str(s) for s in list(inputs.stranded)[:MAX_NAMED_HOSTS])
+            + (" ..." if len(inputs.stranded) > MAX_NAMED_HOSTS else "")
+        ),
+        observed_generation=generation,
+    )
 
 
 def success_status(inputs: StatusInputs) -> MultiNicNetworkStatus:
@@ -141,7 +180,10 @@ def success_status(inputs: StatusInputs) -> MultiNicNetworkStatus:
             message=inputs.routes.message,
             observed_generation=generation,
         ),
+        stranded_condition(inputs, generation),
     ]
+    if inputs.stranded:
+        messages.append(stranded_condition(inputs, generation).message)
     return MultiNicNetworkStatus(
         compute_results=inputs.compute_results,
         discovery=DiscoveryStatus(
