@@ -125,6 +125,22 @@ def _layout_options() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds to wait for each component (default: %(default)s)",
     )
+    common.add_argument(
+        "--apiserver",
+        choices=("double", "real"),
+        default="double",
+        help="double: the project's local API server (starts in well under a second); "
+        "real: kube-apiserver and etcd built by scripts/build-counterparts (TLS, a token) "
+        "(default: %(default)s)",
+    )
+    common.add_argument(
+        "--multus",
+        choices=("sim", "real"),
+        default="sim",
+        help="sim: the simulated kubelet does Multus' part; real: it execs the Multus thin "
+        "plugin built by scripts/build-counterparts, which reads the pod and its NADs from "
+        "the API and execs the multi-nic shim (default: %(default)s)",
+    )
     return common
 
 
@@ -312,8 +328,17 @@ def _cluster_command(args: argparse.Namespace, state_dir: Path) -> int:
                 keep=args.keep,
                 bandwidth=not args.no_bandwidth,
                 timeout=args.timeout,
+                apiserver=args.apiserver,
+                multus=args.multus,
             )
-        cluster = cluster_builder.up(state_dir, layout, ProgressLog(), args.timeout)
+        cluster = cluster_builder.up(
+            state_dir,
+            layout,
+            ProgressLog(),
+            args.timeout,
+            apiserver=args.apiserver,
+            multus=args.multus,
+        )
         print(f"cluster up: KUBECONFIG={cluster.kubeconfig}")
         return 0
     if args.command == "concheck" and args.kubeconfig is not None:

@@ -73,6 +73,10 @@ class SimCluster:
     layout: FabricLayout
     server_url: str = ""
     pids: dict[str, int] = field(default_factory=dict)
+    apiserver: str = "double"
+    """``double``: the project's API server double; ``real``: kube-apiserver + etcd."""
+    multus: str = "sim"
+    """``sim``: the simulated kubelet does Multus' part; ``real``: it execs the real Multus."""
 
     # -- where things are ---------------------------------------------------
 
@@ -122,6 +126,8 @@ class SimCluster:
             "nics": self.layout.nics,
             "serverURL": self.server_url,
             "pids": self.pids,
+            "apiserver": self.apiserver,
+            "multus": self.multus,
         }
         temporary = self.record_path.with_suffix(".tmp")
         temporary.write_text(json.dumps(document, indent=2) + "\n")
@@ -149,6 +155,8 @@ class SimCluster:
             layout=layout,
             server_url=str(document.get("serverURL", "")),
             pids={str(k): int(v) for k, v in dict(document.get("pids", {})).items()},
+            apiserver=str(document.get("apiserver", "double")),
+            multus=str(document.get("multus", "sim")),
         )
 
     # -- API access ---------------------------------------------------------
@@ -193,6 +201,9 @@ def up(
     layout: FabricLayout,
     progress: ProgressLog | None = None,
     timeout: float = 90.0,
+    *,
+    apiserver: str = "double",
+    multus: str = "sim",
 ) -> SimCluster:
     """Build and start a simulated cluster; on any failure remove everything it made."""
     progress = progress or ProgressLog(quiet=True)
@@ -212,7 +223,7 @@ def up(
             f"--state-dir <its state dir>`), or choose another --prefix"
         )
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    cluster = SimCluster(state_dir=state_dir, layout=layout)
+    cluster = SimCluster(state_dir=state_dir, layout=layout, apiserver=apiserver, multus=multus)
     cluster.save()
     try:
         _up(cluster, progress, timeout)

@@ -275,11 +275,13 @@ def run_demo(
     bandwidth: bool = True,
     timeout: float = 120.0,
     out: TextIO | None = None,
+    apiserver: str = "double",
+    multus: str = "sim",
 ) -> int:
     """Run the demo; 0 when every pair is connected on every NIC, else 1."""
     progress = ProgressLog(out)
     write = progress.out.write
-    cluster = up(state_dir, layout, progress, timeout)
+    cluster = up(state_dir, layout, progress, timeout, apiserver=apiserver, multus=multus)
     try:
         return _demo(cluster, progress, write, bandwidth=bandwidth, timeout=timeout)
     finally:
