@@ -391,3 +391,26 @@ def test_the_shrink_of_a_predecessor_pool_hands_none_of_its_addresses_to_another
     got = {a for node, addresses in machine.live.values() if node == "host-1" for a in addresses}
     assert got == {f"192.168.0.{i}" for i in (65, 69, 70, 71, 72)}
     machine.teardown()
+
+
+def test_an_add_that_read_a_pool_before_it_was_retired_and_deleted_tries_again(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Found by the state machine at 500 sequences: host-1 read its /24, the edit
+    retired it, host-1 acknowledged, the operator deleted it and gave host-2 a /25
+    inside it; the stalled ADD then allocated 192.168.1.1 from the vanished pool
+    while host-2 got it too. A pool once retired stays refused after its deletion."""
+    global TMP  # noqa: PLW0603
+    TMP = tmp_path_factory
+    machine = Uniqueness()
+    machine.every_watch_lists()
+    machine.edit_host_block(7)
+    machine.reconcile()
+    machine.add_reads_pools("host-1")
+    machine.time_passes()
+    machine.add_allocates()
+    machine.add_pod("host-2")
+    machine.one_live_holder_per_address()
+    assert not any(node == "host-1" for node, _ in machine.live.values()), "host-1 tries again"
+    assert TOTALS["ADD: try again"] >= 1
+    machine.teardown()

@@ -55,9 +55,15 @@ def test_a_full_new_pool_says_that_earlier_plans_hold_addresses(tmp_path: Path) 
 def test_a_retired_pool_is_refused_with_try_again(tmp_path: Path) -> None:
     journal = AllocationJournal(tmp_path)
     held = allocate(journal, "before", OLD)
-    journal.set_retired({OLD.name})
+    journal.set_retired({OLD.name}, {NEW.name})
     with pytest.raises(TryAgainError, match="replaced by a new plan"):
         allocate(journal, "during", OLD)
+    # Deleted (no longer listed at all): still refused; listed as current again: allowed.
+    journal.set_retired(set(), {NEW.name})
+    with pytest.raises(TryAgainError):
+        allocate(journal, "later", OLD)
+    journal.set_retired(set(), {OLD.name})
+    assert allocate(journal, "undone", OLD) != held
     # What it holds stays held, and its DEL still frees it.
     assert journal.holders("eth1", held)
     assert [e.address for e in journal.release("demo", "before", "net1")] == [held]

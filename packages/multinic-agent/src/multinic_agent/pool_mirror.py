@@ -107,7 +107,8 @@ def retire_and_settle(pools: list[dict[str, Any]], journal: AllocationJournal) -
     Refusing first makes the acknowledgement true: nothing is allocated from
     a retired pool after the list that carries it.
     """
-    journal.set_retired({p["metadata"]["name"] for p in pools if retired_generation(p) is not None})
+    retired = {p["metadata"]["name"] for p in pools if retired_generation(p) is not None}
+    journal.set_retired(retired, {p["metadata"]["name"] for p in pools} - retired)
     for pool in pools:
         listed = {_foreign_row(a) for a in (pool.get("spec") or {}).get("allocations") or []}
         journal.settle_forgotten(pool["metadata"]["name"], {r for r in listed if r})

@@ -227,16 +227,19 @@ class AllocationJournal:
 
     # ------------------------------------------------------------------ plan edits
 
-    def set_retired(self, pools: set[str] | frozenset[str]) -> None:
+    def set_retired(self, retired: set[str], current: set[str]) -> None:
         """Pools a new plan replaced: nothing more is allocated from them.
 
-        Their entries stay (the pods still run) and keep holding their
-        addresses; an ADD that still names a retired pool (it read the plan
-        just before the edit) is told to try again, and its retry gets the new
-        pool.
+        ``retired``: pools the node's cache shows retired; ``current``: pools it
+        shows in use.  A pool once retired stays refused until it is current
+        again (the edit was undone), also after it is deleted: an ADD that read
+        it just before the edit must not allocate from it later.  Its entries
+        stay (the pods still run) and keep holding their addresses; an ADD
+        that names a refused pool is told to try again, and its retry gets
+        the new pool.
         """
         with self._lock:
-            self._retired = frozenset(pools)
+            self._retired = frozenset((self._retired | retired) - current)
 
     def adopt(
         self,
