@@ -66,6 +66,22 @@ def test_hosts_join_and_leave(cluster: Any, operator_runner: Any) -> None:
             lambda: not any(p["spec"]["hostName"] == "node2" for p in cluster.pools().values()),
             "node2's pools deleted",
         )
+        cluster.wait(
+            lambda: cluster.api.get(API, "HostInterface", "node2") is None,
+            "the deleted Node's HostInterface deleted",
+        )
+        # A user's unmanaged HostInterface is never deleted, Node or not.
+        cluster.api.create(
+            {
+                "apiVersion": API,
+                "kind": "HostInterface",
+                "metadata": {"name": "byhand", "labels": {"multi-nic-unmanaged": "true"}},
+                "spec": {"hostName": "byhand", "interfaces": []},
+            }
+        )
+        cluster.delete_node("node4")
+        cluster.wait(lambda: cluster.api.get(API, "HostInterface", "node4") is None, "node4 gone")
+        assert cluster.api.get(API, "HostInterface", "byhand") is not None
 
         # node3's HostInterface loses 10.0.2.0/24: it leaves that entry only.
         cluster.set_host_nics("node3", [("eth1", "10.0.1.0/24", "10.0.1.14")])
@@ -75,8 +91,8 @@ def test_hosts_join_and_leave(cluster: Any, operator_runner: Any) -> None:
             lambda: (
                 cluster.status()["computeResults"]
                 == [
-                    {"netAddress": "10.0.1.0/24", "numOfHosts": 3},
-                    {"netAddress": "10.0.2.0/24", "numOfHosts": 2},
+                    {"netAddress": "10.0.1.0/24", "numOfHosts": 2},
+                    {"netAddress": "10.0.2.0/24", "numOfHosts": 1},
                 ]
             ),
             "status counts the hosts of each NIC",

@@ -144,7 +144,29 @@ class NetworkReconciler:
                 continue
             if (host.spec.host_name or host.name) in nodes:
                 hosts.append(host)
+            elif not host.unmanaged:
+                self._forget_host(host)
         return HostSnapshot(hosts, nodes)
+
+    def _forget_host(self, host: HostInterface) -> None:
+        """Delete the HostInterface of a Node that is gone (its agent went with it).
+
+        Only after the Node list was read successfully, so "gone" is proven;
+        a user's ``multi-nic-unmanaged`` HostInterface is never deleted.
+        """
+        try:
+            # Only the version read with the Node list: a Node (and agent) that
+            # came back meanwhile rewrote it, and then it stays.
+            self.api.delete(
+                API_VERSION,
+                "HostInterface",
+                host.name,
+                resource_version=host.metadata.resource_version,
+            )
+        except KubeApiError as e:
+            log.warning("HostInterface %s of a deleted Node not deleted: %s", host.name, e)
+            return
+        log.info("deleted HostInterface %s: its Node is gone", host.name)
 
     def reconcile(self, name: str, snapshot: HostSnapshot | None = None) -> ReconcileResult | None:
         """Bring network ``name`` up to date; None when it is gone or being deleted.
