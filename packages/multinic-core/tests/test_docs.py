@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from multinic_core import hookspecs
+from multinic_core.plugins import PluginRegistry
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "plugins.md"
 
@@ -48,3 +49,15 @@ def test_required_hooks_exist_in_specs() -> None:
     specs = hook_specs()
     for hooks in hookspecs.REQUIRED_HOOKS.values():
         assert set(hooks) <= set(specs)
+
+
+def test_the_plugin_table_lists_exactly_the_installed_plugins() -> None:
+    """docs/plugins.md's table and `multinic plugins` name the same (kind, name, package)."""
+    kinds = {"main plugin": "multinic.main_plugins", "attach policy": "multinic.policies",
+             "IPAM plugin": "multinic.ipam"}  # fmt: skip
+    rows = re.findall(
+        r"^\| (main plugin|attach policy|IPAM plugin) \| `([^`]+)` \| (\S+)", DOCS.read_text(), re.M
+    )
+    documented = {(kinds[kind], name, package) for kind, name, package in rows}
+    installed = {(i.group, i.name, i.distribution) for i in PluginRegistry().discover()}
+    assert documented == installed
