@@ -28,6 +28,7 @@ test: system-deps venv
 
 crds: venv
 	$(BIN)/multinic crds --out deploy/crds
+	$(BIN)/multinic crds --out deploy/helm/multinic/crds
 
 clean:
 	rm -rf $(VENV) .tox

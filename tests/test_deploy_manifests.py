@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -202,3 +203,112 @@ def test_the_image_carries_the_compiled_shim_where_install_cni_takes_it_from() -
     build_stage = dockerfile.split("FROM")[1]
     assert "gcc" in build_stage
     assert "libc6-dev" in build_stage
+
+
+# --------------------------------------------------------------------------- the Helm chart
+# deploy/helm/multinic, linted and rendered by the real helm binary (from the Go
+# module proxy through scripts/build-counterparts; CI builds it before the tests).
+# With default values (and the namespace created, as the base does) the chart
+# renders exactly the kustomize base's objects, but for Helm's own labels.
+
+CHART = DEPLOY / "helm" / "multinic"
+HELM = REPO / ".cache" / "counterparts" / "bin" / "helm"
+HELM_LABELS = ("app.kubernetes.io/managed-by", "helm.sh/chart")
+
+needs_helm = pytest.mark.skipif(
+    not HELM.exists(), reason="no helm binary: run scripts/build-counterparts helm"
+)
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(HELM), *args], capture_output=True, text=True, check=False, timeout=120
+    )
+
+
+def render_chart(*values: str) -> list[dict[str, Any]]:
+    result = helm(
+        "template", "multinic", str(CHART), "--namespace", "multinic-system", "--include-crds",
+        *[arg for value in values for arg in ("--set", value)],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def _by_key(objects: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    found = {}
+    for original in objects:
+        obj = copy.deepcopy(original)
+        labels = obj["metadata"].get("labels", {})
+        for label in HELM_LABELS:
+            labels.pop(label, None)
+        if obj["kind"] == "CustomResourceDefinition":
+            # Helm installs crds/ as they are (no templating, so no labels).
+            obj["metadata"].pop("labels", None)
+        found[(obj["kind"], obj["metadata"]["name"])] = obj
+    return found
+
+
+@needs_helm
+def test_the_chart_lints_strictly() -> None:
+    result = helm("lint", "--strict", str(CHART))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
+
+
+@needs_helm
+def test_default_values_render_the_kustomize_base_exactly() -> None:
+    chart = _by_key(render_chart("createNamespace=true"))
+    base = _by_key(render_kustomization(DEPLOY))
+    assert sorted(chart) == sorted(base)
+    for key, obj in base.items():
+        assert chart[key] == obj, f"{key} differs between the chart and deploy/"
+
+
+@needs_helm
+def test_the_crds_are_the_generated_ones() -> None:
+    for crd in sorted((DEPLOY / "crds").glob("*.yaml")):
+        assert (CHART / "crds" / crd.name).read_text() == crd.read_text(), (
+            f"{crd.name}: run `make crds`"
+        )
+
+
+@needs_helm
+def test_values_move_images_config_and_rbac() -> None:
+    objects = render_chart(
+        "image.repository=registry.example/mn",
+        "image.tag=2.0",
+        "rbac.create=false",
+        "config.logLevel=4",
+        "operator.replicas=1",
+    )
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    assert not any(kind.endswith(("Role", "RoleBinding")) for kind, _ in kinds)
+    assert ("Namespace", "multinic-system") not in kinds, "helm --create-namespace does that"
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    agent_image = next(e["value"] for e in container["env"] if e["name"] == "MULTINIC_AGENT_IMAGE")
+    config = next(o for o in objects if o["kind"] == "Config")
+    assert (
+        container["image"]
+        == agent_image
+        == config["spec"]["daemon"]["image"]
+        == ("registry.example/mn:2.0")
+    )
+    assert deployment["spec"]["replicas"] == 1
+    assert config["spec"]["logLevel"] == 4
+    assert config["spec"]["daemon"]["mounts"][0]["hostpath"] == "/opt/cni/bin"
+
+
+@needs_helm
+def test_every_builtin_object_is_valid_for_a_current_kubernetes() -> None:
+    checked = 0
+    for obj in render_chart("createNamespace=true"):
+        if obj["apiVersion"].startswith("multinic.fms.io/"):
+            continue
+        try:
+            kubernetes_validate.validate(copy.deepcopy(obj), KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{obj['kind']} {obj['metadata']['name']}: {e.message} at {e.path}")
+        checked += 1
+    assert checked >= 12
