@@ -331,6 +331,29 @@ def test_pass_through_ipam_is_run_and_released_by_the_delegates(
     assert agent.records() == []
 
 
+def test_multi_config_runs_a_different_ipam_per_nic(
+    runtime: Any, pods: Any, agent: Any, netconf: Any, tmp_path: Path
+) -> None:
+    """eth1 from host-local, eth2 a static address of its own, through the real delegates."""
+    leases = tmp_path / "host-local"
+    ipam = {
+        "type": "multi-config",
+        "args": {
+            "eth1": {"type": "host-local", "dataDir": str(leases),
+                     "ranges": [[{"subnet": "10.78.0.0/24"}]]},
+            "eth2": {"type": "static", "addresses": [{"address": "10.79.0.9/24"}]},
+        },
+    }  # fmt: skip
+    config = netconf(ipam=ipam, multiNICIPAM=False)
+    pod = pods.new()
+    outcome = runtime.add("c1", pod, config)
+    assert outcome.status == 0, outcome
+    assert pods.addresses(pod) == {"net1-0": ["10.78.0.2/24"], "net1-1": ["10.79.0.9/24"]}
+    assert runtime.delete("c1", pod, config).status == 0
+    assert [p.name for p in (leases / "demo").iterdir() if p.name.startswith("10.")] == []
+    assert agent.records() == []
+
+
 def test_del_after_an_agent_restart_uses_the_durable_record(
     runtime: Any, pods: Any, agent: Any
 ) -> None:

@@ -152,6 +152,44 @@ def test_multi_config_per_nic_and_static_ips() -> None:
         plugin.add(request({**ipam, "args": {"eth1": {}}}))
 
 
+def test_multi_config_takes_a_different_ipam_and_static_address_per_nic() -> None:
+    ipam = {
+        "type": "multi-config",
+        "args": {
+            "eth1": {"type": "host-local", "ranges": [[{"subnet": "10.1.0.0/24"}]]},
+            "eth2": {"type": "static", "addresses": [{"address": "10.2.0.7/24"}]},
+        },
+    }
+    plugin = PluginRegistry().ipam("multi-config")
+    assert plugin.add(request(ipam)) == [
+        {"type": "host-local", "ranges": [[{"subnet": "10.1.0.0/24"}]]},
+        {"type": "static", "addresses": [{"address": "10.2.0.7/24"}]},
+    ]
+    # A NIC config without a type needs ipam_type.
+    untyped = {"type": "multi-config", "args": {"eth1": {}, "eth2": {"type": "dhcp"}}}
+    with pytest.raises(ConfigError, match=r"ipam.args\['eth1'\] names no IPAM type"):
+        plugin.add(request(untyped))
+    assert plugin.add(request({**untyped, "ipam_type": "whereabouts"}))[0] == {
+        "type": "whereabouts",
+        "network_name": "eth1",
+    }
+
+
+def test_static_gives_each_nic_its_own_address() -> None:
+    plugin = PluginRegistry().ipam("static")
+    ipam = {
+        "type": "static",
+        "addresses": [{"address": "10.7.1.5/24"}, {"address": "10.7.2.5/24"}],
+        "routes": [{"dst": "10.9.0.0/16"}],
+    }
+    assert [s["addresses"] for s in plugin.add(request(ipam))] == [
+        [{"address": "10.7.1.5/24"}],
+        [{"address": "10.7.2.5/24"}],
+    ]
+    with pytest.raises(ConfigError, match="needs one address per NIC in ipam.addresses, not 1"):
+        plugin.add(request({**ipam, "addresses": ipam["addresses"][:1]}))
+
+
 def test_host_device_ipam_uses_the_host_address() -> None:
     plugin = PluginRegistry().ipam("host-device-ipam")
     sections = plugin.add(request({"type": "host-device-ipam"}))

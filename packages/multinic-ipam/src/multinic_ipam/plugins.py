@@ -4,8 +4,9 @@
   that NIC, allocated by the agent's :class:`AllocationJournal`.
 * ``multi-config``: a per-NIC IPAM config taken from ``ipam.args[<NIC>]``.
 * ``host-device-ipam``: the pod gets the device's host address and prefix.
-* ``host-local``, ``static``, ``whereabouts``, ``dhcp``: the network's ``ipam``
-  passed unchanged to every NIC's delegate, which runs it.
+* ``static``: one address of ``ipam.addresses`` per NIC, in NIC order.
+* ``host-local``, ``whereabouts``, ``dhcp``: the network's ``ipam`` passed
+  unchanged to every NIC's delegate, which runs it.
 
 The agent passes its services in ``IpamRequest.context``: ``allocations``
 (the node's AllocationJournal) and ``pools`` (interface name -> IPPoolSpec of
@@ -132,14 +133,17 @@ def _static_address(value: str, nic: SelectedNic) -> dict[str, str]:
 class MultiConfigIpam:
     """``multi-config``: each NIC's delegate runs its own IPAM, configured per NIC.
 
-    ``{"type": "multi-config", "ipam_type": "whereabouts", "args": {"eth1": {...}}}``;
-    static addresses from CNI_ARGS ``IP=`` win, in NIC order.
+    ``{"type": "multi-config", "ipam_type": "whereabouts", "args": {"eth1": {...}}}``.
+    A NIC's config may name its own ``type`` (``{"eth2": {"type": "static",
+    "addresses": [...]}}``), which wins over ``ipam_type``; ``ipam_type`` is
+    needed only for NIC configs without one.  Static addresses from CNI_ARGS
+    ``IP=`` win, in NIC order.
     """
 
     @hookimpl
     def multinic_ipam_add(self, request: IpamRequest) -> list[dict[str, Any]]:
         ipam_type = request.ipam.get("ipam_type")
-        if not isinstance(ipam_type, str) or not ipam_type:
+        if ipam_type is not None and (not isinstance(ipam_type, str) or not ipam_type):
             raise ConfigError(f"ipam.ipam_type must name an IPAM plugin, not {ipam_type!r}")
         per_nic = request.ipam.get("args") or {}
         if not isinstance(per_nic, Mapping):
@@ -156,8 +160,13 @@ class MultiConfigIpam:
                     f"ipam.args has no IPAM config for interface {nic.name!r} "
                     f"(has: {', '.join(sorted(per_nic)) or 'none'})"
                 )
-            section = {**copy.deepcopy(dict(config)), "type": ipam_type}
-            if ipam_type == "whereabouts":
+            chosen = config.get("type") or ipam_type
+            if not isinstance(chosen, str) or not chosen:
+                raise ConfigError(
+                    f"ipam.args[{nic.name!r}] names no IPAM type and ipam.ipam_type is not set"
+                )
+            section = {**copy.deepcopy(dict(config)), "type": chosen}
+            if chosen == "whereabouts":
                 section.setdefault("network_name", nic.name)
             sections.append(section)
         return sections
@@ -197,6 +206,40 @@ class PassThroughIpam:
     @hookimpl
     def multinic_ipam_add(self, request: IpamRequest) -> list[dict[str, Any]]:
         return [copy.deepcopy(dict(request.ipam)) for _ in request.nics]
+
+    @hookimpl
+    def multinic_ipam_del(self, request: IpamRequest) -> bool:
+        return True
+
+
+class StaticIpam:
+    """``static``: the reference static IPAM, one address per NIC.
+
+    Passing one ``addresses`` list to every NIC would give each NIC the same
+    address; so with several NICs the list must hold one address per NIC, in
+    NIC order (each NIC gets its own), and routes and DNS go to every NIC.
+    """
+
+    @hookimpl
+    def multinic_ipam_add(self, request: IpamRequest) -> list[dict[str, Any]]:
+        addresses = request.ipam.get("addresses") or []
+        if not isinstance(addresses, list):
+            raise ConfigError(f"ipam.addresses must be a list, not {addresses!r}")
+        if len(request.nics) == 1:
+            return [copy.deepcopy(dict(request.ipam))]
+        if len(addresses) != len(request.nics):
+            raise ConfigError(
+                f"static IPAM for {len(request.nics)} NICs "
+                f"({', '.join(n.name for n in request.nics)}) needs one address per NIC in "
+                f"ipam.addresses, not {len(addresses)}; or use multi-config with a static "
+                "config per NIC"
+            )
+        sections = []
+        for address in addresses:
+            section = copy.deepcopy(dict(request.ipam))
+            section["addresses"] = [copy.deepcopy(address)]
+            sections.append(section)
+        return sections
 
     @hookimpl
     def multinic_ipam_del(self, request: IpamRequest) -> bool:
