@@ -20,7 +20,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVarTuple
 
-from multinic_agent.cni_server import CniServer
+from multinic_agent.cni_server import MAX_CONFIG_BYTES, CniServer
 from multinic_agent.shim import (
     CODE_DECODE,
     LATEST_VERSION,
@@ -84,7 +84,7 @@ class AgentSocket:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             try:
-                line = await reader.readline()
+                line = await _read_request(reader)
                 message = decode_message(line)
                 env = message.get("env")
                 stdin = message.get("stdin")
@@ -92,7 +92,11 @@ class AgentSocket:
                     raise ValueError("request needs 'env' (object) and 'stdin' (string)")
                 environment = {str(k): str(v) for k, v in env.items()}
             except (ValueError, asyncio.LimitOverrunError) as e:
-                problem = f"malformed request from the shim: {e}"
+                problem = (
+                    str(e)
+                    if isinstance(e, RequestTooLargeError)
+                    else f"malformed request from the shim: {e}"
+                )
                 reply = {"exit": 1, "stdout": error_json(LATEST_VERSION, CODE_DECODE, problem)}
                 reply["stderr"] = ""
             else:
@@ -104,6 +108,38 @@ class AgentSocket:
             log.warning("shim connection lost before the reply: %s", e)
         finally:
             writer.close()
+
+
+DRAIN_LIMIT = 7 * MAX_MESSAGE
+"""How much of an over-long request the agent reads (and drops) before it
+answers: a shim's largest request (4 MiB of stdin, each byte escaped as
+``\\u00XX``) fits, so the shim reads the answer instead of failing its write;
+a client that never ends its line is cut off there."""
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request line; over ``MAX_MESSAGE`` the rest is drained (bounded) and refused."""
+    try:
+        return await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as e:
+        return e.partial
+    except asyncio.LimitOverrunError:
+        drained = 0
+        while drained < DRAIN_LIMIT:
+            chunk = await reader.read(65536)
+            drained += len(chunk)
+            if not chunk or b"\n" in chunk:
+                break
+        # A config within MAX_CONFIG_BYTES is at most about twice that once
+        # escaped, so only an oversized (or invalid) config gets here.
+        raise RequestTooLargeError(
+            f"network config exceeds {MAX_CONFIG_BYTES} bytes (the agent's limit): "
+            f"its request is over {MAX_MESSAGE} bytes"
+        ) from None
+
+
+class RequestTooLargeError(ValueError):
+    """A request line over the socket's limit (its message is the user's answer)."""
 
 
 class ExitFirstChildWatcher(asyncio.AbstractChildWatcher):

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 from collections import defaultdict
@@ -79,6 +80,19 @@ COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}\Z")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}\Z")
 _PLUGIN_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
+MAX_CONFIG_BYTES = 1024 * 1024
+"""Largest network config (stdin, UTF-8) the agent decodes; a real NAD config is a few KiB."""
+MAX_CONFIG_DEPTH = 64
+"""Deepest nesting of arrays and objects in a network config; a real one nests 4 levels."""
+MAX_INT_DIGITS = 4300
+"""Longest integer in a network config (Python's own int/str limit, named here)."""
+# What the nesting scan skips in one step: a JSON string (escapes included; an
+# unterminated one runs to the end, as does a final lone backslash) or a run of
+# characters that are neither brackets nor quotes.  Possessive: nothing is ever
+# tried twice, so the scan is linear whatever the input.
+_NOT_NESTING = re.compile(r'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)|[^"\[\]{}]++', re.DOTALL)
+_SHOWN = 120
+"""Longest repr of a config value quoted in an error message (and the agent's log)."""
 VALID_ATTACHMENTS = "cni.dev/valid-attachments"
 DELEGATE_TIMEOUT_S = 120.0
 # CNI_ARGS keys that are the agent's business, not the delegates' (static
@@ -145,6 +159,127 @@ def _require(env: Mapping[str, str], name: str, pattern: re.Pattern[str] | None 
     return value
 
 
+def _loggable(value: str) -> str:
+    """``value`` for a log line: as is when printable, else quoted (one line, always)."""
+    return value if value.isprintable() else repr(value)[:1000]
+
+
+def _brief(value: Any) -> str:
+    """``repr(value)``, cut short: a hostile config must not come back, or be logged, whole."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN else f"{text[: _SHOWN - 3]}..."
+
+
+def nests_deeper_than(text: str, limit: int) -> bool:
+    """Whether arrays and objects in ``text`` nest more than ``limit`` levels deep.
+
+    Brackets inside JSON strings do not count.  One linear pass and no
+    recursion, for any text, JSON or not: this is what keeps ``json.loads``
+    (which recurses once per level) from ever meeting a deep input.
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    for bracket in _NOT_NESTING.sub("", text):
+        if bracket in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range (not a finite 64-bit float)")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    digits = len(text) - text.startswith("-")
+    if digits > MAX_INT_DIGITS:
+        raise ValueError(
+            f"an integer of {digits} digits exceeds the limit of {MAX_INT_DIGITS} digits"
+        )
+    return int(text)
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _stdin_bytes(stdin: str) -> int:
+    """The size of stdin as the runtime wrote it (the shims decode it with surrogateescape)."""
+    try:
+        return len(stdin.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:  # a surrogate no shim makes: not from a pipe
+        return len(stdin.encode("utf-8", "surrogatepass"))
+
+
+def config_problem(stdin: str) -> CniError | None:
+    """Why ``stdin`` is not decoded at all (code 6): too large, not UTF-8, nested too deep.
+
+    Checked before any parsing, in time linear in the (bounded) size.
+    """
+    if len(stdin) > MAX_CONFIG_BYTES or (
+        not stdin.isascii() and _stdin_bytes(stdin) > MAX_CONFIG_BYTES
+    ):
+        return CniError(
+            CODE_DECODE, f"network config exceeds {MAX_CONFIG_BYTES} bytes (the agent's limit)"
+        )
+    if not stdin.isascii():
+        try:
+            stdin.encode()
+        except UnicodeEncodeError as e:
+            # The shims decode stdin with surrogateescape: U+DC80..U+DCFF is a raw byte.
+            bad = ord(stdin[e.start])
+            what = f"byte 0x{bad - 0xDC00:02x}" if 0xDC80 <= bad <= 0xDCFF else f"U+{bad:04X}"
+            return CniError(
+                CODE_DECODE, f"network config is not valid UTF-8 ({what} at char {e.start})"
+            )
+    if nests_deeper_than(stdin, MAX_CONFIG_DEPTH):
+        return CniError(
+            CODE_DECODE,
+            f"network config nests arrays and objects more than {MAX_CONFIG_DEPTH} levels deep "
+            "(the agent's limit)",
+        )
+    return None
+
+
+def decode_config(stdin: str) -> Any:
+    """The JSON value of a network config; CniError(6) for anything but bounded UTF-8 JSON.
+
+    JSON as RFC 8259 has it: no NaN or Infinity, and no number beyond a
+    64-bit float (``1e999999`` is not read as infinity).
+    """
+    problem = config_problem(stdin)
+    if problem is not None:
+        raise problem
+    try:
+        return json.loads(
+            stdin,
+            parse_float=_finite_float,
+            parse_int=_bounded_int,
+            parse_constant=_no_constant,
+        )
+    except ValueError as e:
+        raise CniError(CODE_DECODE, f"network config is not valid JSON: {e}") from e
+
+
+def reply_version(stdin: str) -> str:
+    """The version an error reply is printed in: the config's if it is a supported one.
+
+    A config the agent does not decode (:func:`config_problem`) is not parsed
+    for it either: the latest version.
+    """
+    if config_problem(stdin) is not None:
+        return SUPPORTED_VERSIONS[-1]
+    version = config_version(stdin)
+    return version if version in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[-1]
+
+
 def parse_request(env: Mapping[str, str], stdin: str) -> CniRequest:
     """Validate environment and config; raises CniError with the spec's code."""
     command = env.get("CNI_COMMAND", "")
@@ -152,10 +287,7 @@ def parse_request(env: Mapping[str, str], stdin: str) -> CniRequest:
         raise CniError(
             CODE_INVALID_ENV, f"CNI_COMMAND {command!r} is not one of {', '.join(COMMANDS)}"
         )
-    try:
-        config = json.loads(stdin)
-    except ValueError as e:
-        raise CniError(CODE_DECODE, f"network config is not valid JSON: {e}") from e
+    config = decode_config(stdin)
     if not isinstance(config, dict):
         raise CniError(CODE_DECODE, "network config must be a JSON object")
     version = config.get("cniVersion")
@@ -164,7 +296,8 @@ def parse_request(env: Mapping[str, str], stdin: str) -> CniRequest:
     if version not in SUPPORTED_VERSIONS:
         raise CniError(
             CODE_INCOMPATIBLE_VERSION,
-            f"cniVersion {version!r} is not supported (supported: {', '.join(SUPPORTED_VERSIONS)})",
+            f"cniVersion {_brief(version)} is not supported "
+            f"(supported: {', '.join(SUPPORTED_VERSIONS)})",
         )
     if command in ("GC", "STATUS") and version != "1.1.0":
         raise CniError(
@@ -181,15 +314,17 @@ def parse_request(env: Mapping[str, str], stdin: str) -> CniRequest:
     if not isinstance(plugin, dict) or not isinstance(plugin.get("type"), str):
         raise CniError(
             CODE_INVALID_CONFIG,
-            f"network config 'plugin' must be an object with a 'type', not {plugin!r}",
+            f"network config 'plugin' must be an object with a 'type', not {_brief(plugin)}",
         )
     if not _PLUGIN_TYPE.match(plugin["type"]):
-        raise CniError(CODE_INVALID_CONFIG, f"plugin.type {plugin['type']!r} is not a plugin name")
+        raise CniError(
+            CODE_INVALID_CONFIG, f"plugin.type {_brief(plugin['type'])} is not a plugin name"
+        )
     ipam = config.get("ipam")
     if not isinstance(ipam, dict) or not isinstance(ipam.get("type"), str) or not ipam["type"]:
         raise CniError(
             CODE_INVALID_CONFIG,
-            f"network config 'ipam' must be an object with a 'type', not {ipam!r}",
+            f"network config 'ipam' must be an object with a 'type', not {_brief(ipam)}",
         )
     if command in ("VERSION", "GC", "STATUS"):
         return CniRequest(command=command, version=version, config=config)
@@ -361,9 +496,6 @@ class CniServer:
 
     async def handle(self, env: Mapping[str, str], stdin: str) -> tuple[int, str, str]:
         """One shim request: (exit status, stdout, stderr).  Never raises."""
-        version = config_version(stdin)
-        if version not in SUPPORTED_VERSIONS:
-            version = SUPPORTED_VERSIONS[-1]
         try:
             if env.get("CNI_COMMAND") == "VERSION":
                 return 0, version_reply(stdin), ""
@@ -383,14 +515,14 @@ class CniServer:
             error = CniError(CODE_OTHER, f"internal error: {type(e).__name__}: {e}")
         log.info(
             "CNI %s container %s ifname %s: error %d: %s",
-            env.get("CNI_COMMAND"),
-            env.get("CNI_CONTAINERID", ""),
-            env.get("CNI_IFNAME", ""),
+            _loggable(env.get("CNI_COMMAND", "")),
+            _loggable(env.get("CNI_CONTAINERID", "")),
+            _loggable(env.get("CNI_IFNAME", "")),
             error.code,
-            error.msg,
+            _loggable(error.msg),
             extra=log_fields(env.get("CNI_CONTAINERID", ""), env.get("CNI_IFNAME", "")),
         )
-        return 1, json.dumps(error.to_dict(version)), ""
+        return 1, json.dumps(error.to_dict(reply_version(stdin))), ""
 
     async def dispatch(self, request: CniRequest) -> dict[str, Any] | None:
         if request.command == "ADD":
