@@ -186,7 +186,7 @@ def test_static_gives_each_nic_its_own_address() -> None:
         [{"address": "10.7.1.5/24"}],
         [{"address": "10.7.2.5/24"}],
     ]
-    with pytest.raises(ConfigError, match="needs one address per NIC in ipam.addresses, not 1"):
+    with pytest.raises(ConfigError, match=r"needs one address per NIC in ipam\.addresses, not 1"):
         plugin.add(request({**ipam, "addresses": ipam["addresses"][:1]}))
 
 
