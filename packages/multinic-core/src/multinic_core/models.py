@@ -106,11 +106,46 @@ T = TypeVar("T")
 # A list that also accepts null (as an empty list).
 NullableList = Annotated[list[T], BeforeValidator(_none_as_empty)]
 
+
+def _cel(rule: str, message: str, max_length: int = 64) -> Any:
+    """A CRD admission rule (``x-kubernetes-validations``, CEL) for a string type.
+
+    The API server checks it when the object is written, so ``kubectl apply``
+    refuses a bad value with ``message``; the bound on the length keeps the
+    rule's estimated cost within the API server's budget.
+    """
+    return Field(
+        json_schema_extra={
+            "maxLength": max_length,
+            "x-kubernetes-validations": [{"rule": rule, "message": message}],
+        }
+    )
+
+
 Cidr = Annotated[str, AfterValidator(_check_cidr)]
 OptionalCidr = Annotated[str, AfterValidator(_check_optional_cidr)]
 HostCidr = Annotated[str, AfterValidator(_check_host_cidr)]
 IPAddressStr = Annotated[str, AfterValidator(_check_ip)]
-InterfaceName = Annotated[str, AfterValidator(_check_ifname)]
+# The same, with an admission rule: for the fields users write (a network, an
+# unmanaged HostInterface). Fields only the operator and agents write (CIDR,
+# IPPool) carry none: their lists are long, and a rule per item would cost
+# more than the API server's budget allows.
+UserCidr = Annotated[
+    str,
+    AfterValidator(_check_cidr),
+    _cel("isCIDR(self)", "must be a CIDR, address/prefix (e.g. 192.168.0.0/16)"),
+]
+OptionalUserCidr = Annotated[
+    str,
+    AfterValidator(_check_optional_cidr),
+    _cel("self == '' || isCIDR(self)", "must be empty or a CIDR (e.g. 10.0.1.0/24)"),
+]
+UserIPAddress = Annotated[
+    str,
+    AfterValidator(_check_ip),
+    _cel("self == '' || isIP(self)", "must be empty or an IP address (e.g. 10.0.1.11)"),
+]
+InterfaceName = Annotated[str, AfterValidator(_check_ifname), Field(max_length=15)]
 
 
 class K8sModel(BaseModel):
@@ -323,10 +358,10 @@ class MultiNicNetworkStatus(K8sModel):
 
 
 class MultiNicNetworkSpec(K8sModel):
-    subnet: OptionalCidr = ""
+    subnet: OptionalUserCidr = ""
     ipam: str
     multi_nic_ipam: bool = Field(default=False, alias="multiNICIPAM")
-    master_nets: list[Cidr] = Field(default_factory=list, alias="masterNets")
+    master_nets: list[UserCidr] = Field(default_factory=list, alias="masterNets", max_length=64)
     plugin: PluginSpec
     attach_policy: AttachPolicy = Field(default_factory=AttachPolicy, alias="attachPolicy")
     namespaces: list[str] = Field(default_factory=list)
@@ -495,9 +530,23 @@ def ippool_name(network: str, pod_cidr: str) -> str:
 class InterfaceInfo(K8sModel):
     """A discovered secondary NIC of a host."""
 
+    model_config = ConfigDict(
+        **K8sModel.model_config,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.hostIP) || self.hostIP == '' || !has(self.netAddress) "
+                    "|| self.netAddress == '' || !isIP(self.hostIP) || !isCIDR(self.netAddress) "
+                    "|| cidr(self.netAddress).containsIP(self.hostIP)",
+                    "message": "hostIP must be an address inside netAddress",
+                }
+            ]
+        },
+    )
+
     interface_name: InterfaceName = Field(alias="interfaceName")
-    net_address: OptionalCidr = Field(default="", alias="netAddress")
-    host_ip: IPAddressStr = Field(default="", alias="hostIP")
+    net_address: OptionalUserCidr = Field(default="", alias="netAddress")
+    host_ip: UserIPAddress = Field(default="", alias="hostIP")
     vendor: str = ""
     product: str = ""
     pci_address: str = Field(default="", alias="pciAddress")
@@ -507,7 +556,7 @@ class InterfaceInfo(K8sModel):
 
 class HostInterfaceSpec(K8sModel):
     host_name: str = Field(alias="hostName")
-    interfaces: NullableList[InterfaceInfo] = Field(default_factory=list)
+    interfaces: NullableList[InterfaceInfo] = Field(default_factory=list, max_length=128)
 
 
 class RouteSyncStatus(K8sModel):
