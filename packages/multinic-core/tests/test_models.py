@@ -129,6 +129,13 @@ def test_routes_are_managed_only_for_multi_nic_ipam_in_l3_modes() -> None:
             "spec.plugin.cniVersion: cniVersion '0.2.0' is not one of 0.3.0",
         ),
         ({"plugin": {"cniVersion": "1.0.0"}}, "spec.plugin.type: Field required"),
+        (
+            {"subnet": "192.168.0.0/16,fd00:10::/48"},
+            "spec.subnet: '192.168.0.0/16,fd00:10::/48': subnet is one CIDR; dual-stack (an "
+            "IPv4 and an IPv6 subnet on one network) is not supported: create one "
+            "MultiNicNetwork per address family",
+        ),
+        ({"subnet": ["192.168.0.0/16", "fd00:10::/48"]}, "spec.subnet: ['192.168.0.0/16', 'fd00:"),
     ],
 )
 def test_invalid_networks_are_rejected_naming_the_field(

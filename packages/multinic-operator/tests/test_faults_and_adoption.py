@@ -287,9 +287,9 @@ def test_route_status_aggregates_agent_reports(cluster: Any, operator_runner: An
 
 def test_missing_driver_is_reported_by_the_operator(cluster: Any, operator_runner: Any) -> None:
     with operator_runner():
-        cluster.create(network_body(plugin={"type": "aws-ipvlan"}))
+        cluster.create(network_body(plugin={"type": "infiniband-sdn"}))
         cluster.wait(lambda: cluster.status().get("configStatus") == "Failed", "failed")
-        assert cluster.status()["message"].startswith("no main plugin 'aws-ipvlan' installed")
+        assert cluster.status()["message"].startswith("no main plugin 'infiniband-sdn' installed")
         assert cluster.pools() == {}
         assert cluster.nads() == {}
 

@@ -55,6 +55,7 @@ from multinic_core.errors import (
 )
 from multinic_core.hooktypes import (
     IpamRequest,
+    NicAttachment,
     PodArgs,
     PodRef,
     SelectedNic,
@@ -69,7 +70,7 @@ from multinic_core.models import (
     parse_cidr,
 )
 from multinic_core.nad import RESOURCE_NAME_ANNOTATION
-from multinic_core.plugins import IpamPlugin, PluginRegistry
+from multinic_core.plugins import IpamPlugin, MainPlugin, PluginRegistry
 from multinic_ipam.journal import AllocationEntry, AllocationJournal, PoolBlock
 from multinic_ipam.plugins import CONTEXT_JOURNAL, CONTEXT_POOLS
 
@@ -388,6 +389,25 @@ def split_multipath(
         if ipam.get("routes"):
             ipam["routes"] = [r for r in ipam["routes"] if r.get("dst") not in shared]
     return [{"dst": dst, "nexthops": via} for dst, via in shared.items()]
+
+
+def nic_attachments(
+    network: str, container_id: str, delegates: Sequence[DelegateRecord]
+) -> list[NicAttachment]:
+    """What a main plugin's ``multinic_nics_attached``/``_detached`` is told of each NIC."""
+    return [
+        NicAttachment(
+            network=network,
+            container_id=container_id,
+            ifname=d.ifname,
+            nic=d.nic,
+            config=d.config,
+            addresses=tuple(ip["address"] for ip in AttachResult.parse(d.result, d.ifname).ips),
+            device_id=d.device_id,
+            state=d.plugin_state,
+        )
+        for d in delegates
+    ]
 
 
 class CniServer:
@@ -749,6 +769,14 @@ class CniServer:
                         outcome, f"delegate {delegate.config['type']} ({delegate.ifname})"
                     )
                 )
+            if main_plugin.implements("multinic_nics_attached"):
+                # The driver's side effects outside the pod (a cloud API): in a
+                # thread, since they block; undone first on a later failure.
+                attachments = nic_attachments(request.name, request.container_id, delegates)
+                states = await asyncio.to_thread(main_plugin.nics_attached, attachments)
+                for delegate, state in zip(delegates, states, strict=True):
+                    delegate.plugin_state = state
+                undo.push_async_callback(self._nics_cleanup, main_plugin, request, delegates)
             if multipath:
                 try:
                     await asyncio.to_thread(pod_netns.program_multipath, request.netns, multipath)
@@ -774,6 +802,7 @@ class CniServer:
                 pod_uid=request.pod.uid,
                 multipath=multipath,
                 result=merged.render(SUPPORTED_VERSIONS[-1]),
+                main_plugin=main_plugin.name,
             )
             self.records.put(record)
             undo.pop_all()
@@ -792,6 +821,15 @@ class CniServer:
 
     def _release(self, plugin: IpamPlugin, ipam_request: IpamRequest) -> None:
         plugin.delete(ipam_request)
+
+    async def _nics_cleanup(
+        self, plugin: MainPlugin, request: CniRequest, delegates: Sequence[DelegateRecord]
+    ) -> None:
+        attachments = nic_attachments(request.name, request.container_id, delegates)
+        try:
+            await asyncio.to_thread(plugin.nics_detached, attachments)
+        except MultinicError as e:
+            log.error("rollback: main plugin %s could not undo its ADD: %s", plugin.name, e)
 
     async def _delegate_cleanup(self, request: CniRequest, delegate: DelegateRecord) -> None:
         try:
@@ -960,6 +998,9 @@ class CniServer:
             # Keep the record: the runtime retries DEL until it succeeds.
             first = failures[0]
             raise first if isinstance(first, CniError) else CniError(CODE_OTHER, str(first))
+        # Before the addresses are released: none may be reused while the
+        # driver's side effects (e.g. a cloud assignment) still hold it.
+        await self._nics_detached(record)
         released = self.journal.release(record.network, record.container_id, record.ifname)
         if record.ipam_type != "multi-nic-ipam":
             self._release_other(record)
@@ -972,6 +1013,24 @@ class CniServer:
             ", ".join(e.address for e in released) or "no agent-held address",
             extra=log_fields(*record.key, record.network, f"{record.namespace}/{record.pod}"),
         )
+
+    async def _nics_detached(self, record: AttachmentRecord) -> None:
+        """The main plugin's ``multinic_nics_detached`` for a recorded attachment."""
+        if not record.main_plugin:
+            return
+        try:
+            plugin = self.registry.main_plugin(record.main_plugin)
+        except MultinicError as e:
+            if any(d.plugin_state for d in record.delegates):
+                # It did something outside the pod that only it can undo.
+                raise CniError(
+                    CODE_OTHER,
+                    f"attachment {record.container_id}/{record.ifname} needs main plugin "
+                    f"{record.main_plugin!r} to undo its ADD: {e}",
+                ) from e
+            return
+        attachments = nic_attachments(record.network, record.container_id, record.delegates)
+        await asyncio.to_thread(plugin.nics_detached, attachments)
 
     async def release_attachment(self, network: str, container_id: str, ifname: str) -> list[str]:
         """Release one attachment whose pod is known to be gone (leak collection).

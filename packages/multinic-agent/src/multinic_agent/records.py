@@ -35,6 +35,8 @@ class DelegateRecord:
     device_id: str = ""
     result: dict[str, Any] = field(default_factory=dict)
     """The delegate's own ADD result (its ``prevResult`` for CHECK)."""
+    plugin_state: dict[str, Any] = field(default_factory=dict)
+    """What the main plugin's ``multinic_nics_attached`` returned for this NIC."""
 
 
 @dataclass
@@ -59,6 +61,8 @@ class AttachmentRecord:
     """Routes the agent programmed itself: ``{"dst", "nexthops": [{"gw", "dev"}]}``."""
     result: dict[str, Any] = field(default_factory=dict)
     """The merged result returned to the runtime."""
+    main_plugin: str = ""
+    """The main plugin (``plugin.type``) that built the delegates; DEL undoes its side effects."""
 
     @property
     def key(self) -> tuple[str, str]:

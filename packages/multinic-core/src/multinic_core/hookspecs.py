@@ -7,7 +7,8 @@ the value users write in a ``MultiNicNetwork``:
 
 * ``multinic.main_plugins`` -- ``spec.plugin.type``: implements
   ``multinic_network_attachment`` and ``multinic_delegate_config``, optionally
-  ``multinic_dependent_objects``.
+  ``multinic_dependent_objects`` and ``multinic_nics_attached`` /
+  ``multinic_nics_detached`` (side effects outside the pod, e.g. a cloud API).
 * ``multinic.policies`` -- ``spec.attachPolicy.strategy``: implements
   ``multinic_select_nics``.
 * ``multinic.ipam`` -- the ``type`` of ``spec.ipam``: implements
@@ -31,6 +32,7 @@ from multinic_core.hooktypes import (
     DependentObject,
     IpamRequest,
     NetworkAttachment,
+    NicAttachment,
     SelectedNic,
     SelectionRequest,
 )
@@ -104,6 +106,42 @@ def multinic_delegate_config(
     :returns: a complete CNI network config: ``cniVersion``, ``name`` (the
         network name), ``type``, ``master`` or ``deviceID``, every other
         ``plugin`` key preserved, and ``ipam``.
+    """
+    raise NotImplementedError
+
+
+@hookspec(firstresult=True)
+def multinic_nics_attached(attachments: Sequence[NicAttachment]) -> list[dict[str, Any]]:
+    """Do what the NICs of one ADD need outside the pod (e.g. a cloud API call).
+
+    Optional.  Called by the agent during ADD after every delegate's ADD
+    succeeded and before the attachment is recorded, once for all the NICs, in
+    a worker thread (it may block; keep it bounded in time).  Raising fails the
+    ADD: the agent then DELs the delegates and releases the addresses, so the
+    implementation must first undo whatever this call did (nothing may be
+    left behind).  ``multinic_core.errors.TryAgainError`` for transient
+    conditions (CNI code 11); any other ``MultinicError`` is code 999.
+
+    :param attachments: one per NIC in attach order, ``state`` empty.
+    :returns: one JSON-serialisable dict per attachment, in order; recorded
+        with the attachment and handed back as ``NicAttachment.state`` to
+        ``multinic_nics_detached``.
+    """
+    raise NotImplementedError
+
+
+@hookspec(firstresult=True)
+def multinic_nics_detached(attachments: Sequence[NicAttachment]) -> bool:
+    """Undo ``multinic_nics_attached`` for one recorded attachment.
+
+    Called by the agent on DEL, GC and leak collection after the delegates'
+    DEL and before the addresses are released, and on rollback of an ADD that
+    failed after ``multinic_nics_attached`` returned; in a worker thread.
+    Must succeed when there is nothing left to undo (DEL is idempotent).
+    Raising fails the DEL: the attachment stays recorded and is retried.
+
+    :param attachments: one per NIC, with the ``state`` recorded at ADD.
+    :returns: ``True``.
     """
     raise NotImplementedError
 

@@ -155,6 +155,26 @@ class SelectedNic:
 
 
 @dataclass(frozen=True)
+class NicAttachment:
+    """One NIC a delegate attached to a pod, as the agent hands it to a main plugin's
+    ``multinic_nics_attached`` (ADD) and ``multinic_nics_detached`` (DEL)."""
+
+    network: str
+    container_id: str
+    ifname: str
+    """The pod-side name, ``<CNI_IFNAME>-<i>``."""
+    nic: str
+    """The host NIC (the delegate's ``master``)."""
+    config: Mapping[str, Any]
+    """The delegate's CNI config exactly as it was exec'd (every ``plugin`` key)."""
+    addresses: tuple[str, ...] = ()
+    """The pod interface's addresses from the delegate's result, ``ADDRESS/PREFIX``."""
+    device_id: str = ""
+    state: Mapping[str, Any] = field(default_factory=dict)
+    """What ``multinic_nics_attached`` returned for this NIC (recorded; empty on ADD)."""
+
+
+@dataclass(frozen=True)
 class IpamRequest:
     """An IPAM call for one attachment (all selected NICs at once)."""
 

@@ -366,6 +366,22 @@ class MultiNicNetworkSpec(K8sModel):
     attach_policy: AttachPolicy = Field(default_factory=AttachPolicy, alias="attachPolicy")
     namespaces: list[str] = Field(default_factory=list)
 
+    @field_validator("subnet", mode="before")
+    @classmethod
+    def _one_subnet(cls, value: Any) -> Any:
+        # Dual-stack (an IPv4 and an IPv6 subnet) is not in the model: the plan,
+        # the pools and the host routes are of one family.  Say so, instead of
+        # "not a valid CIDR".
+        parts = value if isinstance(value, list) else None
+        if isinstance(value, str) and ("," in value or len(value.split()) > 1):
+            parts = [p for p in value.replace(",", " ").split() if p]
+        if parts is not None and len(parts) > 1:
+            raise ValueError(
+                f"{value!r}: subnet is one CIDR; dual-stack (an IPv4 and an IPv6 subnet on "
+                "one network) is not supported: create one MultiNicNetwork per address family"
+            )
+        return value
+
     @field_validator("ipam")
     @classmethod
     def _ipam_parses(cls, value: str) -> str:

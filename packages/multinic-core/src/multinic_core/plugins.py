@@ -33,6 +33,7 @@ from multinic_core.hooktypes import (
     DependentObject,
     IpamRequest,
     NetworkAttachment,
+    NicAttachment,
     SelectedNic,
     SelectionRequest,
 )
@@ -49,9 +50,11 @@ GROUPS = (MAIN_PLUGINS, POLICIES, IPAM)
 KNOWN_DISTRIBUTIONS: dict[tuple[str, str], str] = {
     (MAIN_PLUGINS, "ipvlan"): "multinic-ipvlan",
     (MAIN_PLUGINS, "macvlan"): "multinic-macvlan",
+    (MAIN_PLUGINS, "ptp"): "multinic-ptp",
     (MAIN_PLUGINS, "sriov"): "multinic-sriov",
     (MAIN_PLUGINS, "host-device"): "multinic-sriov",
     (MAIN_PLUGINS, "mellanox"): "multinic-sriov",
+    (MAIN_PLUGINS, "aws-ipvlan"): "multinic-aws",
     (IPAM, "multi-nic-ipam"): "multinic-ipam",
     (IPAM, "multi-config"): "multinic-ipam",
     (IPAM, "host-device-ipam"): "multinic-ipam",
@@ -152,6 +155,26 @@ class MainPlugin(LoadedPlugin):
         )
         return result
 
+    def nics_attached(self, attachments: Sequence[NicAttachment]) -> list[dict[str, Any]]:
+        """The driver's side effects of an ADD; one state per NIC (``{}`` when it has none)."""
+        if not self.implements("multinic_nics_attached"):
+            return [{} for _ in attachments]
+        result: list[dict[str, Any]] = self.call(
+            "multinic_nics_attached", attachments=tuple(attachments)
+        )
+        if len(result) != len(attachments) or not all(isinstance(s, dict) for s in result):
+            raise PluginError(
+                f"{self.info.kind} {self.name!r} ({self.info.distribution}) returned "
+                f"{result!r} from multinic_nics_attached, not one dict per NIC "
+                f"({len(attachments)})"
+            )
+        return result
+
+    def nics_detached(self, attachments: Sequence[NicAttachment]) -> None:
+        """Undo ``nics_attached``; nothing when the driver has no such hook."""
+        if self.implements("multinic_nics_detached"):
+            self.call("multinic_nics_detached", attachments=tuple(attachments))
+
 
 class AttachPolicyPlugin(LoadedPlugin):
     """An attach policy from ``multinic.policies`` (none, costOpt, ...)."""
@@ -225,6 +248,9 @@ def validate_plugin(group: str, name: str, obj: object, dist: str, version: str)
     missing = [h for h in hookspecs.REQUIRED_HOOKS.get(group, ()) if h not in hooks]
     if missing:
         raise PluginError(f"{where} does not implement required hook(s): {', '.join(missing)}")
+    paired = {"multinic_nics_attached", "multinic_nics_detached"}
+    if len(paired & set(hooks)) == 1:
+        raise PluginError(f"{where} must implement both or neither of {', '.join(sorted(paired))}")
     info = PluginInfo(group=group, name=name, distribution=dist, version=version, hooks=hooks)
     return WRAPPERS.get(group, LoadedPlugin)(info, manager, obj)
 
