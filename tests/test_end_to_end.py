@@ -70,6 +70,14 @@ def test_demo_connects_every_host_pair_on_every_nic_and_leaves_nothing(
         r"computeResults: 10\.0\.1\.0/24 \(3 hosts\), 10\.0\.2\.0/24 \(3 hosts\)", demo.stdout
     )
     assert "every pair of 3 hosts CONNECTED on all 2 NICs" in demo.stdout
+    # The L3 network (ipvlan L3, or the routed ptp driver on a kernel without
+    # ipvlan) carries every pair too, over the host routes the demo prints.
+    l3 = "demo-ipvlan-l3" if "demo-ipvlan-l3" in demo.stdout else "demo-ptp-l3"
+    l3_rows = [line for line in demo.stdout.splitlines() if line.startswith(f"{l3}  ")]
+    assert len(l3_rows) == HOSTS * (HOSTS - 1), demo.stdout
+    assert all(f"{NICS}/{NICS} CONNECTED" in row for row in l3_rows), demo.stdout
+    assert f"network {l3}: configStatus=Success routeStatus=Success" in demo.stdout
+    assert re.search(r"172\.30\.1\.0/24 via 10\.0\.1\.12 dev eth1 table \d+", demo.stdout)
     assert_nothing_left(state_dir, prefix)
 
 
@@ -99,7 +107,8 @@ def test_pods_deleted_release_their_addresses_and_links(cluster_names: tuple[Pat
     assert len(report["networks"]["demo-macvlan"]) == HOSTS * (HOSTS - 1)
 
     pods = json.loads(sim("pod", "list", "--json", *state).stdout)
-    assert sorted(p["node"] for p in pods) == [f"host-{h}" for h in range(HOSTS)]
+    # One pod per host on each of the demo's two networks (L2 and L3).
+    assert sorted(p["node"] for p in pods) == sorted([f"host-{h}" for h in range(HOSTS)] * 2)
     assert all(len(p["interfaces"]) == NICS for p in pods)
     kubeconfig = state_dir / "kubeconfig"
     # The agents mirror their allocations into the IPPools (in batches).

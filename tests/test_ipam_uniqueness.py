@@ -70,10 +70,15 @@ class Cluster:
     # -- pods
 
     def pods(self) -> list[dict[str, Any]]:
-        """``pod list --json``."""
+        """``pod list --json``: the pods of the network under test (the demo's L3
+        network's pods are on other addresses and NICs' links)."""
         listed = sim("pod", "list", "--json", *self.state)
         assert listed.returncode == 0, listed.stderr
-        return list(json.loads(listed.stdout))
+        return [
+            p
+            for p in json.loads(listed.stdout)
+            if all(i["network"] == NETWORK for i in p["interfaces"])
+        ]
 
     def pod(self, name: str) -> dict[str, Any]:
         """One pod as ``pod list --json`` shows it, read from the API in-process (faster)."""

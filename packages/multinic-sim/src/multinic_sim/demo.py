@@ -1,7 +1,7 @@
 """``multinic-sim demo``: the whole project on one machine, in one command.
 
-up (3 hosts x 2 NICs) -> apply a macvlan network (and an ipvlan L3 one where
-the kernel has ipvlan) -> wait for the operator's CIDR plan, IPPools and NAD
+up (3 hosts x 2 NICs) -> apply a macvlan network (L2) and an L3 one (ipvlan
+L3 where the kernel has ipvlan, else the routed ptp driver) -> wait for the operator's CIDR plan, IPPools and NAD
 and the agents' HostInterfaces -> one pod per host -> concheck -> the
 network's status, the CIDR plan and each host's routes -> pods deleted ->
 everything torn down (unless ``--keep``).
@@ -31,7 +31,7 @@ from multinic_sim.tables import render_table
 
 log = logging.getLogger(__name__)
 
-NO_IPVLAN = "skipped: kernel has no ipvlan"
+NO_IPVLAN = "this kernel has no ipvlan: the L3 network uses the routed ptp driver"
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,9 @@ class DemoNetwork:
 
 
 def demo_networks(layout: FabricLayout, *, ipvlan: bool) -> list[DemoNetwork]:
-    """macvlan bridge (L2: pods of one NIC index share its vlanCIDR), and ipvlan L3 if possible."""
+    """macvlan bridge (L2: pods of one NIC index share its vlanCIDR), and an L3 network:
+    ipvlan L3 where the kernel has ipvlan, else ptp (a routed veth pair per NIC).
+    Both L3 kinds carry pod traffic between hosts over the per-network host routes."""
     master_nets = [layout.nic_network(n) for n in range(layout.nics)]
     networks = [
         DemoNetwork(
@@ -59,20 +61,18 @@ def demo_networks(layout: FabricLayout, *, ipvlan: bool) -> list[DemoNetwork]:
             ),
         )
     ]
-    if ipvlan:
-        networks.append(
-            DemoNetwork(
-                "demo-ipvlan-l3",
-                "ipvlan",
-                network_body(
-                    "demo-ipvlan-l3",
-                    "172.30.0.0/16",
-                    "l3",
-                    master_nets,
-                    {"cniVersion": "1.0.0", "type": "ipvlan", "args": {"mode": "l3"}},
-                ),
-            )
+    l3_name, l3_plugin = (
+        ("demo-ipvlan-l3", {"cniVersion": "1.0.0", "type": "ipvlan", "args": {"mode": "l3"}})
+        if ipvlan
+        else ("demo-ptp-l3", {"cniVersion": "1.0.0", "type": "ptp"})
+    )
+    networks.append(
+        DemoNetwork(
+            l3_name,
+            str(l3_plugin["type"]),
+            network_body(l3_name, "172.30.0.0/16", "l3", master_nets, l3_plugin),
         )
+    )
     return networks
 
 
@@ -325,7 +325,7 @@ def _demo(
     layout = cluster.layout
     ipvlan = kernel_has_ipvlan(cluster)
     if not ipvlan:
-        progress.say(f"ipvlan L3 network {NO_IPVLAN}")
+        progress.say(NO_IPVLAN)
     networks = demo_networks(layout, ipvlan=ipvlan)
     from kubernetes import client  # noqa: PLC0415
 
