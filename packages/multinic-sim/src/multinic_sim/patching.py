@@ -83,7 +83,7 @@ def json_patch(target: Any, operations: Any) -> Any:
         kind, path = op["op"], op["path"]
         parts = _pointer(path)
         if kind == "test":
-            if _resolve(doc, parts, path) != op.get("value"):
+            if _tested(doc, parts, path) != op.get("value"):
                 raise _unprocessable(f"testing value {path} failed: test failed")
             continue
         if kind in ("move", "copy"):
@@ -103,6 +103,21 @@ def json_patch(target: Any, operations: Any) -> Any:
         else:
             raise bad_request(f"unexpected json patch operation {kind!r}")
     return doc
+
+
+def _tested(doc: Any, parts: list[str], path: str) -> Any:
+    """The value a ``test`` op compares, as the kube-apiserver's json-patch (v4) finds it.
+
+    Unlike RFC 6902, a missing key of an existing object is ``null`` there, so
+    ``{"op": "test", "path": "/spec/map/k", "value": null}`` passes when ``k``
+    is absent (whereabouts guards each of its ``add`` ops with one).  A
+    missing parent or list index still fails.
+    """
+    if parts:
+        parent = _resolve(doc, parts[:-1], path)
+        if isinstance(parent, dict):
+            return parent.get(parts[-1])
+    return _resolve(doc, parts, path)
 
 
 def _add(doc: Any, parts: list[str], path: str, value: Any) -> Any:
