@@ -70,6 +70,7 @@ class Cluster:
         self.kube_api = kube_api
         self.api = KubeApi(load_client_configuration(str(kube_api.kubeconfig)))
         self.api.api_client.user_agent = "multinic-operator-tests"
+        self.nodes: set[str] = set()
 
     # -- writes ------------------------------------------------------------
 
@@ -81,6 +82,7 @@ class Cluster:
     ) -> None:
         """A Node and its HostInterface; default NICs eth1/eth2 on 10.0.1/2.0/24."""
         self.api.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
+        self.nodes.add(name)
         self.set_host_nics(name, nics, pci=pci, create=True)
 
     def set_host_nics(
@@ -124,9 +126,27 @@ class Cluster:
 
     def delete_node(self, name: str) -> None:
         self.api.delete("v1", "Node", name)
+        self.nodes.discard(name)
 
     def add_namespace(self, name: str) -> None:
-        self.api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        self.kube_api.new_namespace(name=name)
+
+    def remove_leftovers(self) -> None:
+        """On a real cluster: delete the Nodes the test added and what the operator made
+        in its namespace (the local server's reset forgets everything by itself)."""
+        if not self.kube_api.is_real_cluster:
+            return
+        for name in list(self.nodes):
+            self.delete_node(name)
+        for api_version, kind, name in (
+            ("apps/v1", "DaemonSet", "multinic-agent"),
+            ("v1", "ServiceAccount", "multinic-agent"),
+            ("coordination.k8s.io/v1", "Lease", "multinic-operator"),
+        ):
+            self.api.delete(api_version, kind, name, "default")
+        self.kube_api.core_v1.delete_collection_namespaced_event(
+            "default", field_selector="source=multinic-operator"
+        )
 
     # -- reads -------------------------------------------------------------
 
@@ -181,6 +201,7 @@ def cluster(kube_api: KubeTestApi) -> Iterator[Cluster]:
     try:
         yield cluster
     finally:
+        cluster.remove_leftovers()
         cluster.api.close()
         kube_api.reset()  # leave nothing for the next package's tests
 
@@ -300,13 +321,19 @@ def operator_runner(cluster: Cluster) -> Iterator[Any]:
         proxies.append(proxy)
         configuration = load_client_configuration(str(cluster.kube_api.kubeconfig))
         configuration.host = proxy.url
+        # With a token, the kubernetes client's refresh hook copies the kubeconfig's
+        # server back into the configuration before every request.
+        configuration.refresh_api_key_hook = None
         api = KubeApi(configuration)
         services = OperatorServices.create(api, "default", batch_window=batch_window)
         registry = build_registry(services)
         settings = configure(kopf.OperatorSettings())
 
+        # The proxy speaks plain HTTP; the API server's token (if any) goes through it.
+        token = cluster.kube_api.kopf_login().token
+
         def login(**_: Any) -> Any:
-            return kopf.ConnectionInfo(server=proxy.url, insecure=True)
+            return kopf.ConnectionInfo(server=proxy.url, insecure=True, token=token)
 
         try:
             with kopf_operator(registry, login, settings=settings):

@@ -60,7 +60,9 @@ def _stop(process: subprocess.Popen[bytes]) -> int:
 def test_two_replicas_never_both_act(cluster: Any, tmp_path: Path) -> None:
     proxy = RecordingProxy(cluster.kube_api.server_url).start()
     try:
-        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", proxy.url)
+        # The proxy is plain HTTP; the API server's token (if any) goes through it.
+        token = cluster.kube_api.kopf_login().token
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", proxy.url, token)
         cluster.add_host("node1")
         logs = [tmp_path / "replica-1.log", tmp_path / "replica-2.log"]
         replicas = [_start(kubeconfig, log) for log in logs]

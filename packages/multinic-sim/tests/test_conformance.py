@@ -62,7 +62,9 @@ def raw_request(
 
 def _headers(api: KubeTestApi, accept: str) -> dict[str, str]:
     headers = {"Accept": accept}
-    auth = api.api_client.configuration.api_key.get("authorization")
+    api_key = api.api_client.configuration.api_key
+    # A kubeconfig's token is under "BearerToken" (the kubernetes client's name for it).
+    auth = api_key.get("authorization") or api_key.get("BearerToken")
     if auth:
         headers["Authorization"] = auth
     return headers
@@ -253,18 +255,128 @@ def test_name_mismatch_on_update_is_bad_request(widgets: WidgetClient) -> None:
 
 
 def test_post_to_an_object_path_is_method_not_allowed(
-    kube_api: KubeTestApi, widgets: WidgetClient
+    kube_api: KubeTestApi, kube_namespace: str
 ) -> None:
-    widgets.create(widgets.body("m"))
+    kube_api.core_v1.create_namespaced_config_map(kube_namespace, {"metadata": {"name": "m"}})
     status, body = raw_request(
         kube_api,
         "POST",
-        f"/apis/{GROUP}/{VERSION}/{PLURAL}/m",
-        json.dumps(widgets.body("m")).encode(),
+        f"/api/v1/namespaces/{kube_namespace}/configmaps/m",
+        json.dumps({"metadata": {"name": "m"}}).encode(),
         "application/json",
     )
     assert status == 405
     assert body["reason"] == "MethodNotAllowed"
+
+
+def test_post_to_a_custom_object_path_creates_the_body(
+    kube_api: KubeTestApi, widgets: WidgetClient
+) -> None:
+    # kube-apiserver's custom resource handler: a create, the name in the path unused.
+    widgets.create(widgets.body("m"))
+    path = f"/apis/{GROUP}/{VERSION}/{PLURAL}/m"
+    status, body = raw_request(
+        kube_api, "POST", path, json.dumps(widgets.body("m")).encode(), "application/json"
+    )
+    assert (status, body["reason"]) == (409, "AlreadyExists")
+    status, body = raw_request(
+        kube_api, "POST", path, json.dumps(widgets.body("m-other")).encode(), "application/json"
+    )
+    widgets.names.add("m-other")
+    assert status == 201
+    assert body["metadata"]["name"] == "m-other"
+    assert widgets.exists("m-other")
+
+
+def test_an_unknown_api_group_is_a_plain_text_404(kube_api: KubeTestApi) -> None:
+    # kube-apiserver's mux answers, not an API handler: no Status (so does a CRD's group
+    # once its last CRD is gone). A known group's unknown version is a Status.
+    response = kube_api.api_client.rest_client.pool_manager.request(
+        "GET",
+        kube_api.server_url + "/apis/no-such-group.multinic.dev/v1/things",
+        headers=_headers(kube_api, "application/json"),
+        timeout=10,
+    )
+    assert response.status == 404
+    assert response.data == b"404 page not found\n"
+    status, body = raw_get(kube_api, "/apis/apps/v9/deployments")
+    assert (status, body["kind"], body["reason"]) == (404, "Status", "NotFound")
+
+
+def test_annotation_keys_are_qualified_names(kube_api: KubeTestApi, kube_namespace: str) -> None:
+    # kopf names a handler's progress annotation after the handler: the default id of a
+    # nested function ("_register.<locals>.changed") gave a key a real server refuses.
+    core = kube_api.core_v1
+    bad = {"multinic.fms.io/_register._locals_.changed": "{}"}
+    status = status_of(
+        lambda: core.create_namespaced_config_map(
+            kube_namespace, {"metadata": {"name": "a", "annotations": bad}}
+        )
+    )
+    assert (status["code"], status["reason"]) == (422, "Invalid")
+    assert [c["field"] for c in status["details"]["causes"]] == ["metadata.annotations"]
+    good = {"multinic.fms.io/network-changed": "{}", "Example.COM/Mixed_Case.ok": ""}
+    made = core.create_namespaced_config_map(
+        kube_namespace, {"metadata": {"name": "a", "annotations": good}}
+    )
+    assert made.metadata.annotations == good
+
+
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/{}/leases"
+
+
+def _lease(renew_time: str) -> bytes:
+    return json.dumps(
+        {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": "l"},
+            "spec": {"holderIdentity": "a", "renewTime": renew_time},
+        }
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    "stamp", ["2026-01-01T00:00:00Z", "2026-01-01T00:00:00.123Z", "2026-01-01T00:00:00+00:00"]
+)
+def test_micro_times_need_six_fractional_digits(
+    kube_api: KubeTestApi, kube_namespace: str, stamp: str
+) -> None:
+    # MicroTime (Lease renewTime, Event eventTime) is parsed with exactly this layout;
+    # datetime.isoformat() of a whole second has no fraction at all.
+    path = LEASES.format(kube_namespace)
+    status, body = raw_request(kube_api, "POST", path, _lease(stamp), "application/json")
+    assert (status, body["reason"]) == (400, "BadRequest")
+    assert "2006-01-02T15:04:05.000000Z07:00" in body["message"]
+
+
+def test_micro_times_are_stored_in_utc(kube_api: KubeTestApi, kube_namespace: str) -> None:
+    path = LEASES.format(kube_namespace)
+    stamp = "2026-01-01T02:00:00.123456+02:00"
+    status, body = raw_request(kube_api, "POST", path, _lease(stamp), "application/json")
+    assert status == 201
+    assert body["spec"]["renewTime"] == "2026-01-01T00:00:00.123456Z"
+
+
+def test_a_patch_removing_the_resource_version_needs_one_for_custom_resources(
+    kube_api: KubeTestApi, kube_namespace: str, widgets: WidgetClient
+) -> None:
+    # The patched object is an unconditional update: custom resources (and CRDs) refuse
+    # it, built-ins take it. kubectl apply sends such a patch when the last-applied
+    # configuration had a resourceVersion (an apply after `kubectl replace` of -o yaml).
+    widgets.create(widgets.body("rv"))
+    unset = json.dumps({"metadata": {"resourceVersion": None}, "spec": {"size": 2}}).encode()
+    path = f"/apis/{GROUP}/{VERSION}/{PLURAL}/rv"
+    status, body = raw_request(kube_api, "PATCH", path, unset, "application/merge-patch+json")
+    assert (status, body["reason"]) == (422, "Invalid")
+    assert [c["field"] for c in body["details"]["causes"]] == ["metadata.resourceVersion"]
+    assert widgets.get("rv")["spec"]["size"] == 1
+    kube_api.core_v1.create_namespaced_config_map(kube_namespace, {"metadata": {"name": "rv"}})
+    unset = json.dumps({"metadata": {"resourceVersion": None}, "data": {"a": "1"}}).encode()
+    path = f"/api/v1/namespaces/{kube_namespace}/configmaps/rv"
+    status, body = raw_request(kube_api, "PATCH", path, unset, "application/merge-patch+json")
+    assert status == 200
+    assert body["data"] == {"a": "1"}
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'"a string"', b""])
@@ -554,6 +666,34 @@ def test_delete_precondition_mismatch_is_conflict(widgets: WidgetClient) -> None
     )
     assert (status["code"], status["reason"]) == (409, "Conflict")
     assert widgets.exists("pre")
+
+
+def test_delete_options_in_a_body_win_over_the_query(
+    kube_api: KubeTestApi, kube_namespace: str
+) -> None:
+    # kube-apiserver reads DeleteOptions from the body when there is one, else from the query.
+    core = kube_api.core_v1
+    spec = {"containers": [{"name": "c", "image": "busybox"}], "nodeName": "no-such-node"}
+    pod = core.create_namespaced_pod(kube_namespace, {"metadata": {"name": "b"}, "spec": spec})
+    core.delete_namespaced_pod(
+        "b",
+        kube_namespace,
+        grace_period_seconds=0,
+        body={"preconditions": {"uid": pod.metadata.uid}},
+    )
+    terminating = core.read_namespaced_pod("b", kube_namespace)
+    assert terminating.metadata.deletion_grace_period_seconds == 30  # the query's 0 was ignored
+    core.delete_namespaced_pod(
+        "b",
+        kube_namespace,
+        body={"gracePeriodSeconds": 0, "preconditions": {"uid": pod.metadata.uid}},
+    )
+    wait_for(
+        lambda: (
+            "b" not in [p.metadata.name for p in core.list_namespaced_pod(kube_namespace).items]
+        ),
+        what="pod b gone",
+    )
 
 
 def _owned_configmap(api: KubeTestApi, namespace: str, name: str, owner: Any) -> None:
@@ -1036,7 +1176,9 @@ def test_leases_events_and_rbac_are_stored(kube_api: KubeTestApi, kube_namespace
         kube_namespace,
         {
             "metadata": {"name": "e1"},
-            "eventTime": "2026-01-01T00:00:00.000000Z",
+            # Not a whole second: the client re-serialises it with isoformat(), which
+            # then drops the fraction that a MicroTime must have.
+            "eventTime": "2026-01-01T00:00:00.123456Z",
             "reportingController": "test",
             "reportingInstance": "test",
             "action": "Test",
@@ -1230,10 +1372,9 @@ def test_namespaced_custom_resources_and_crd_deletion(
         )
     finally:
         kube_api.delete_crd(f"sprockets.{GROUP}")
-    status = status_of(
-        lambda: co.list_namespaced_custom_object(GROUP, "v1", kube_namespace, "sprockets")
-    )
-    assert status["code"] == 404
+    with pytest.raises(ApiException) as gone:
+        co.list_namespaced_custom_object(GROUP, "v1", kube_namespace, "sprockets")
+    assert gone.value.status == 404
 
 
 def test_crd_with_a_broken_schema_is_invalid(kube_api: KubeTestApi) -> None:
@@ -1454,8 +1595,14 @@ def test_kubectl_with_the_multinic_crds(
     edited = tmp_path / "net.yaml"
     edited.write_text(yaml.safe_dump(obj))
     assert "replaced" in kubectl("replace", "-f", str(edited)).stdout
+    # (Not kubectl-net: its last-applied configuration, rewritten by the replace,
+    # now holds a resourceVersion, so an apply would remove it: 422 of its own.)
     invalid = kubectl(
-        "apply", "-f", "-", check=False, stdin=NETWORK.replace("type: ipvlan", 'type: ""')
+        "apply",
+        "-f",
+        "-",
+        check=False,
+        stdin=NETWORK.replace("type: ipvlan", 'type: ""').replace("kubectl-net", "kubectl-bad"),
     )
     assert invalid.returncode != 0
     assert "spec.plugin.type" in invalid.stderr
@@ -1484,3 +1631,113 @@ def test_kubectl_generator_commands(kubectl: Kubectl, kube_api: KubeTestApi) -> 
         assert kube_api.core_v1.read_namespaced_service_account("robot", ns).metadata.uid
     finally:
         kubectl("delete", "namespace", ns, "--wait=false")
+
+
+# -- what Multus sends: pods/status with annotations, protobuf bodies ---------------
+
+
+def _pb_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _pb(number: int, payload: bytes | str | int) -> bytes:
+    """One protobuf field: a varint for an int, length-delimited otherwise."""
+    if isinstance(payload, int):
+        return _pb_varint(number << 3) + _pb_varint(payload)
+    data = payload.encode() if isinstance(payload, str) else payload
+    return _pb_varint(number << 3 | 2) + _pb_varint(len(data)) + data
+
+
+def _pb_object(api_version: str, kind: str, raw: bytes) -> bytes:
+    """A Kubernetes protobuf body: the magic number and a runtime.Unknown envelope."""
+    return b"k8s\x00" + _pb(1, _pb(1, api_version) + _pb(2, kind)) + _pb(2, raw)
+
+
+PROTOBUF = "application/vnd.kubernetes.protobuf"
+NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
+
+
+def test_pods_status_update_stores_annotations_and_labels_but_not_the_spec(
+    kube_api: KubeTestApi, kube_namespace: str
+) -> None:
+    # Multus writes network-status so: GET the pod, set the annotation, PUT pods/status.
+    core = kube_api.core_v1
+    core.create_namespaced_pod(
+        kube_namespace,
+        {
+            "metadata": {"name": "st", "labels": {"a": "1"}},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+        },
+    )
+    pod = core.read_namespaced_pod("st", kube_namespace)
+    pod.metadata.annotations = {NETWORK_STATUS: '[{"name": "x"}]'}
+    pod.metadata.labels["b"] = "2"
+    pod.spec.active_deadline_seconds = 30  # the status subresource ignores spec changes
+    updated = core.replace_namespaced_pod_status("st", kube_namespace, pod)
+    assert updated.metadata.annotations[NETWORK_STATUS] == '[{"name": "x"}]'
+    assert updated.metadata.labels == {"a": "1", "b": "2"}
+    assert updated.spec.active_deadline_seconds is None
+    stored = core.read_namespaced_pod("st", kube_namespace)
+    assert stored.metadata.annotations[NETWORK_STATUS] == '[{"name": "x"}]'
+    # A stale resourceVersion conflicts, as for any update (Multus retries on conflict).
+    with pytest.raises(ApiException) as info:
+        core.replace_namespaced_pod_status("st", kube_namespace, pod)
+    assert info.value.status == 409
+
+
+def test_protobuf_pods_status_update_and_event_as_multus_sends_them(
+    kube_api: KubeTestApi, kube_namespace: str
+) -> None:
+    core = kube_api.core_v1
+    created = core.create_namespaced_pod(
+        kube_namespace,
+        {"metadata": {"name": "pb"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}},
+    )
+    annotation = _pb(1, NETWORK_STATUS) + _pb(2, '[{"name": "default/net"}]')
+    meta = (
+        _pb(1, "pb") + _pb(3, kube_namespace) + _pb(5, created.metadata.uid) + _pb(12, annotation)
+    )
+    pod = _pb(1, meta) + _pb(2, b"") + _pb(3, _pb(1, "Pending"))
+    path = f"/api/v1/namespaces/{kube_namespace}/pods/pb"
+    status, answer = raw_request(
+        kube_api, "PUT", path + "/status", _pb_object("v1", "Pod", pod), PROTOBUF
+    )
+    assert status == 200, answer
+    assert answer["metadata"]["annotations"][NETWORK_STATUS] == '[{"name": "default/net"}]'
+    assert answer["spec"]["containers"][0]["name"] == "c"  # the spec stays
+    stamp = _pb(1, 1_700_000_000)
+    event = (
+        _pb(1, _pb(1, "pb.multus") + _pb(3, kube_namespace))
+        + _pb(
+            2,
+            _pb(1, "Pod")
+            + _pb(2, kube_namespace)
+            + _pb(3, "pb")
+            + _pb(4, created.metadata.uid)
+            + _pb(5, "v1"),
+        )
+        + _pb(3, "AddedInterface")
+        + _pb(4, "Add net1 [10.0.0.2/24] from default/net")
+        + _pb(5, _pb(1, "multus"))
+        + _pb(6, stamp)
+        + _pb(7, stamp)
+        + _pb(8, 1)
+        + _pb(9, "Normal")
+        + _pb(14, "multus")
+        + _pb(15, "")
+    )
+    status, answer = raw_request(
+        kube_api, "POST", f"/api/v1/namespaces/{kube_namespace}/events",
+        _pb_object("v1", "Event", event), PROTOBUF,
+    )  # fmt: skip
+    assert status == 201, answer
+    recorded = core.read_namespaced_event("pb.multus", kube_namespace)
+    assert (recorded.reason, recorded.type, recorded.count) == ("AddedInterface", "Normal", 1)
+    assert recorded.source.component == "multus"
+    assert recorded.involved_object.uid == created.metadata.uid
+    assert recorded.first_timestamp.timestamp() == 1_700_000_000

@@ -131,9 +131,12 @@ def _register_lifecycle(registry: kopf.OperatorRegistry, services: OperatorServi
 
 
 def _register_networks(registry: kopf.OperatorRegistry, reconciler: NetworkReconciler) -> None:
-    @kopf.on.resume(GROUP, VERSION, "multinicnetworks", registry=registry)
-    @kopf.on.create(GROUP, VERSION, "multinicnetworks", registry=registry)
-    @kopf.on.update(GROUP, VERSION, "multinicnetworks", registry=registry)
+    # Explicit ids: kopf keeps a handler's progress in an annotation named after
+    # it, and a nested function's default id ("_register_networks.<locals>...")
+    # is not a valid annotation key for a real API server.
+    @kopf.on.resume(GROUP, VERSION, "multinicnetworks", id="network-changed", registry=registry)
+    @kopf.on.create(GROUP, VERSION, "multinicnetworks", id="network-changed", registry=registry)
+    @kopf.on.update(GROUP, VERSION, "multinicnetworks", id="network-changed", registry=registry)
     async def network_changed(name: str, **_: Any) -> None:
         try:
             result = await asyncio.to_thread(reconciler.reconcile, name)
@@ -156,6 +159,7 @@ def _register_networks(registry: kopf.OperatorRegistry, reconciler: NetworkRecon
         interval=RESYNC_SECONDS,
         initial_delay=RESYNC_SECONDS,
         idle=RESYNC_SECONDS,
+        id="network-resync",
         registry=registry,
     )
     async def network_resync(name: str, **_: Any) -> None:
@@ -166,7 +170,7 @@ def _register_networks(registry: kopf.OperatorRegistry, reconciler: NetworkRecon
         except KubeApiError as e:
             log.warning("network %s: periodic resync failed: %s", name, e)
 
-    @kopf.on.delete(GROUP, VERSION, "multinicnetworks", registry=registry)
+    @kopf.on.delete(GROUP, VERSION, "multinicnetworks", id="network-deleted", registry=registry)
     async def network_deleted(name: str, **_: Any) -> None:
         try:
             await asyncio.to_thread(reconciler.cleanup, name)
@@ -241,9 +245,15 @@ def _is_default_config(name: str, **_: Any) -> bool:
 
 
 def _register_config(registry: kopf.OperatorRegistry, services: OperatorServices) -> None:
-    @kopf.on.resume(GROUP, VERSION, "configs", when=_is_default_config, registry=registry)
-    @kopf.on.create(GROUP, VERSION, "configs", when=_is_default_config, registry=registry)
-    @kopf.on.update(GROUP, VERSION, "configs", when=_is_default_config, registry=registry)
+    @kopf.on.resume(
+        GROUP, VERSION, "configs", when=_is_default_config, id="config-changed", registry=registry
+    )
+    @kopf.on.create(
+        GROUP, VERSION, "configs", when=_is_default_config, id="config-changed", registry=registry
+    )
+    @kopf.on.update(
+        GROUP, VERSION, "configs", when=_is_default_config, id="config-changed", registry=registry
+    )
     async def config_changed(body: kopf.Body, **_: Any) -> None:
         try:
             await asyncio.to_thread(services.deployer.apply, dict(body))

@@ -32,6 +32,12 @@ SIGINT or SIGTERM:
 It is a test double, not a cluster: no authorization, no admission webhooks,
 no controllers besides garbage collection and namespace/CRD cleanup
 (see the multinic-sim README, "Where it differs from Kubernetes").
+
+With --real it runs kube-apiserver, etcd and kube-controller-manager instead
+(built by scripts/build-counterparts; ready in about 3.5 s): https with its
+own CA and a bearer token, both in the kubeconfig it prints.
+
+  MULTINIC_TEST_KUBECONFIG=$(multinic-sim apiserver --real &) pytest ...
 """
 
 
@@ -91,6 +97,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="watch events kept for resuming watches (default: 50000); older "
         "resourceVersions get 410 Gone",
+    )
+    api.add_argument(
+        "--real",
+        action="store_true",
+        help="run the real kube-apiserver, etcd and kube-controller-manager built by "
+        "scripts/build-counterparts instead of the double (https with its own CA, a random "
+        "token unless --token; --state and --history do not apply)",
+    )
+    api.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="with --real: certificates, etcd data and logs (default: a new temporary "
+        "directory, removed at exit)",
     )
     _add_cluster_commands(commands)
     return parser
@@ -427,6 +448,20 @@ def _kubeconfig_path(args: argparse.Namespace) -> Path:
 async def _run_apiserver(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise SimError(f"--port must be between 0 and 65535, not {args.port}")
+    if args.real:
+        if args.state:
+            raise SimError("--state is for the double; the real server keeps etcd in --data-dir")
+        from multinic_sim import realapi  # noqa: PLC0415
+
+        return await realapi.serve(
+            kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
+            data_dir=args.data_dir,
+            port=args.port,
+            token=args.token,
+            netns=args.netns,
+        )
+    if args.data_dir is not None:
+        raise SimError("--data-dir needs --real")
     if args.history < 1:
         raise SimError("--history must be at least 1")
     server = ApiServer(

@@ -54,6 +54,7 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?\Z")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?\Z")
+ANNOTATIONS_SIZE_LIMIT = 256 * 1024
 _NAME_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
 
@@ -79,6 +80,38 @@ def _pod_grace_period(rt: ResourceType, obj: Obj, options: DeleteOptions) -> int
     return 1 if grace < 0 else grace
 
 
+# metav1.MicroTime fields: kube-apiserver parses them with exactly this layout.
+_MICRO_TIME_FIELDS: dict[GroupResource, tuple[tuple[str, ...], ...]] = {
+    ("", "events"): (("eventTime",), ("series", "lastObservedTime")),
+    ("events.k8s.io", "events"): (("eventTime",), ("series", "lastObservedTime")),
+    ("coordination.k8s.io", "leases"): (("spec", "acquireTime"), ("spec", "renewTime")),
+}
+_MICRO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}(Z|[+-]\d{2}:\d{2})\Z")
+RFC3339_MICRO = "2006-01-02T15:04:05.000000Z07:00"
+
+
+def _check_micro_times(rt: ResourceType, obj: Obj) -> None:
+    """MicroTime fields must have six fractional digits (``...05.000000Z``); stored in UTC.
+
+    kube-apiserver refuses anything else with 400 (``2026-01-01T00:00:00Z`` too), which
+    is what Python's ``datetime.isoformat()`` gives for a whole second.
+    """
+    for path in _MICRO_TIME_FIELDS.get(rt.group_resource, ()) if not rt.is_custom else ():
+        parent: Any = obj
+        for key in path[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        if not isinstance(parent, dict) or parent.get(path[-1]) is None:
+            continue
+        value = parent[path[-1]]
+        if not isinstance(value, str) or not _MICRO_TIME.match(value):
+            raise errors.bad_request(
+                f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: '
+                f'parsing time {json.dumps(value)} as "{RFC3339_MICRO}": cannot parse'
+            )
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+        parent[path[-1]] = moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def _without(obj: Obj, *keys: str) -> Obj:
     return {k: v for k, v in obj.items() if k not in keys}
 
@@ -88,6 +121,29 @@ def _comparable(obj: Obj) -> Obj:
     out = dict(obj)
     out["metadata"] = _without(obj.get("metadata") or {}, "resourceVersion", "managedFields")
     return out
+
+
+_SERVER_OWNED_META = (
+    "uid",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "generation",
+    "name",
+    "namespace",
+)
+
+
+def _updated_meta(old_meta: Obj, in_meta: Obj, also: tuple[str, ...] = ()) -> Obj:
+    """The metadata an update stores: the body's, but the server's fields (and ``also``) kept."""
+    meta = dict(in_meta)
+    for owned in (*_SERVER_OWNED_META, *also):
+        if owned in old_meta:
+            meta[owned] = old_meta[owned]
+        else:
+            meta.pop(owned, None)
+    meta.pop("managedFields", None)
+    return meta
 
 
 class ListResult:
@@ -125,6 +181,13 @@ class DeleteOptions:
 
     @classmethod
     def parse(cls, body: Any, query: dict[str, str]) -> DeleteOptions:
+        """From the request body (DeleteOptions), else from the query (``body`` is None).
+
+        As kube-apiserver's delete handler: with a body, the query's options
+        (``gracePeriodSeconds``, ``propagationPolicy``, ``dryRun``, ...) are ignored.
+        """
+        if body is not None:
+            query = {}
         body = body if isinstance(body, dict) else {}
         policy = body.get("propagationPolicy") or query.get("propagationPolicy")
         orphan = body.get("orphanDependents", query.get("orphanDependents"))
@@ -392,6 +455,7 @@ class ClusterState:
             obj["apiVersion"] = rt.api_version
         if "metadata" in obj and not isinstance(obj["metadata"], dict):
             raise errors.bad_request("metadata must be an object")
+        _check_micro_times(rt, obj)
         return obj
 
     def _prepare_create(self, rt: ResourceType, obj: Obj) -> Obj:
@@ -456,20 +520,7 @@ class ClusterState:
                 "request"
             )
         old = self._stored(rt, namespace, name)
-        if (rt.is_custom or rt.group_resource == CRD_GR) and not meta.get("resourceVersion"):
-            # Their strategy does not allow unconditional updates (built-ins do).
-            raise errors.invalid(
-                rt.kind,
-                rt.group,
-                name,
-                [
-                    cause(
-                        "metadata.resourceVersion",
-                        "FieldValueInvalid",
-                        "Invalid value: 0x0: must be specified for an update",
-                    )
-                ],
-            )
+        _require_resource_version(rt, name, meta)
         return self._write_update(
             rt, old, obj, subresource=subresource, dry_run=dry_run, strict=strict, warnings=warnings
         )
@@ -508,6 +559,9 @@ class ClusterState:
             raise errors.bad_request("metadata.name cannot be changed by a patch")
         if rt.namespaced and meta.get("namespace") != old["metadata"].get("namespace"):
             raise errors.bad_request("metadata.namespace cannot be changed by a patch")
+        # A patch that removes the resourceVersion (kubectl apply after a replace whose
+        # last-applied configuration had one) makes an unconditional update.
+        _require_resource_version(rt, name, meta)
         return self._write_update(
             rt,
             old,
@@ -552,6 +606,11 @@ class ClusterState:
                 new["status"] = incoming["status"]
             else:
                 new.pop("status", None)
+            if rt.group_resource == POD_GR:
+                # pods/status (podStatusStrategy) resets only the spec, deletionTimestamp and
+                # ownerReferences: labels and annotations come from the body. Multus writes
+                # its network-status annotation this way (GET the pod, PUT pods/status).
+                new["metadata"] = _updated_meta(old_meta, in_meta, also=("ownerReferences",))
         else:
             new = dict(incoming)
             new["apiVersion"] = rt.api_version
@@ -560,22 +619,7 @@ class ClusterState:
                     new["status"] = old["status"]
                 else:
                     new.pop("status", None)
-            meta = dict(in_meta)
-            for owned in (
-                "uid",
-                "creationTimestamp",
-                "deletionTimestamp",
-                "deletionGracePeriodSeconds",
-                "generation",
-                "name",
-                "namespace",
-            ):
-                if owned in old_meta:
-                    meta[owned] = old_meta[owned]
-                else:
-                    meta.pop(owned, None)
-            meta.pop("managedFields", None)
-            new["metadata"] = meta
+            new["metadata"] = _updated_meta(old_meta, in_meta)
             if rt.group_resource == NAMESPACE_GR:
                 new["spec"] = old.get("spec", {})
                 _label_namespace(new)
@@ -702,6 +746,32 @@ class ClusterState:
                         "'-', '_' or '.'",
                     )
                 )
+        annotations = meta.get("annotations") or {}
+        for key in annotations:
+            # Annotation keys are qualified names, like label keys (checked lowercased).
+            prefix, _, key_name = key.lower().rpartition("/")
+            if (
+                len(key_name) > 63
+                or not _LABEL_NAME.match(key_name)
+                or (prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)))
+            ):
+                problems.append(
+                    cause(
+                        "metadata.annotations",
+                        "FieldValueInvalid",
+                        f'Invalid value: "{key}": name part must consist of alphanumeric '
+                        "characters, '-', '_' or '.', and must start and end with an "
+                        "alphanumeric character",
+                    )
+                )
+        if sum(len(k) + len(v) for k, v in annotations.items()) > ANNOTATIONS_SIZE_LIMIT:
+            problems.append(
+                cause(
+                    "metadata.annotations",
+                    "FieldValueTooLong",
+                    f"Too long: may not be more than {ANNOTATIONS_SIZE_LIMIT} bytes",
+                )
+            )
         finalizers = meta.get("finalizers")
         if finalizers is not None and (
             not isinstance(finalizers, list) or not all(isinstance(f, str) for f in finalizers)
@@ -1217,6 +1287,23 @@ class ClusterState:
             meta.pop("ownerReferences")
         new["metadata"] = meta
         self._write_update(rt, obj, self.view(rt, new), subresource=None)
+
+
+def _require_resource_version(rt: ResourceType, name: str, meta: Obj) -> None:
+    """Custom resources and CRDs allow no unconditional update (built-ins do)."""
+    if (rt.is_custom or rt.group_resource == CRD_GR) and not meta.get("resourceVersion"):
+        raise errors.invalid(
+            rt.plural,
+            rt.group,
+            name,
+            [
+                cause(
+                    "metadata.resourceVersion",
+                    "FieldValueInvalid",
+                    "Invalid value: 0: must be specified for an update",
+                )
+            ],
+        )
 
 
 def _label_namespace(ns: Obj) -> None:

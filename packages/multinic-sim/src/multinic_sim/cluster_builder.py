@@ -30,12 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from multinic_sim.crds import NETWORK_ATTACHMENT_DEFINITION_CRD
 from multinic_sim.errors import SimError
 from multinic_sim.fabric import DEFAULT_PREFIX, FabricLayout, build, leftovers, teardown
-from multinic_sim.kubeconfig import write_kubeconfig
+from multinic_sim.kubeconfig import read_credentials, write_kubeconfig
 from multinic_sim.processes import (
     alive,
     owned_by,
@@ -213,6 +211,10 @@ def up(
             f"a simulated cluster is already recorded in {state_dir}: "
             f"run `multinic-sim down --state-dir {state_dir}` first"
         )
+    if multus == "real":
+        from multinic_sim.multus import find_binary  # noqa: PLC0415
+
+        find_binary()  # before anything is made: SimError naming scripts/build-counterparts
     taken = leftovers(layout.prefix)
     if taken:
         # Checked before anything is made: the clean-up on failure below would
@@ -241,7 +243,10 @@ def _up(cluster: SimCluster, progress: ProgressLog, timeout: float) -> None:
         f"(namespaces {layout.prefix}-*)"
     ):
         build(layout)
-    with progress.step("starting the local API server (loopback of the root and host namespaces)"):
+    server = "the local API server"
+    if cluster.apiserver == "real":
+        server = "etcd, kube-apiserver and kube-controller-manager"
+    with progress.step(f"starting {server} (loopback of the root and host namespaces)"):
         _start_api_server(cluster, timeout)
     with progress.step("installing CRDs, namespaces and Node objects"):
         _install_cluster_objects(cluster)
@@ -275,7 +280,8 @@ def _up(cluster: SimCluster, progress: ProgressLog, timeout: float) -> None:
         return sum(_accepts(cluster.agent_socket(h)) for h in range(layout.hosts)), layout.hosts
 
     progress.wait("agents serving their CNI sockets", agents_serving, timeout)
-    with progress.step("starting the kubelet (runs the hosts' pods, with Multus' part)"):
+    part = "the real Multus as their CNI" if cluster.multus == "real" else "Multus' part"
+    with progress.step(f"starting the kubelet (runs the hosts' pods, with {part})"):
         cluster.pids["kubelet"] = start_daemon(
             [program("multinic-sim"), "kubelet", "--state-dir", str(cluster.state_dir)],
             cluster.logs_dir / "kubelet.log",
@@ -321,6 +327,10 @@ def _start_api_server(cluster: SimCluster, timeout: float) -> None:
     ]
     for host in range(cluster.layout.hosts):
         argv += ["--netns", cluster.layout.host_netns(host)]
+    if cluster.apiserver == "real":
+        # etcd, kube-apiserver and kube-controller-manager: their certificates,
+        # data and logs, and so their command lines, are under the state dir.
+        argv += ["--real", "--data-dir", str(cluster.state_dir / "apiserver")]
     cluster.pids["apiserver"] = start_daemon(argv, cluster.logs_dir / "apiserver.log")
     cluster.save()
     deadline = time.monotonic() + timeout
@@ -330,11 +340,16 @@ def _start_api_server(cluster: SimCluster, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise SimError(f"the API server wrote no kubeconfig within {timeout:.0f}s")
         time.sleep(0.05)
-    document = yaml.safe_load(cluster.kubeconfig.read_text())
-    cluster.server_url = str(document["clusters"][0]["cluster"]["server"])
+    credentials = read_credentials(cluster.kubeconfig)
+    cluster.server_url = credentials.server_url
     for host in range(cluster.layout.hosts):
         # The same loopback address and port, served inside that host's namespace.
-        write_kubeconfig(cluster.host_kubeconfig(host), cluster.server_url)
+        write_kubeconfig(
+            cluster.host_kubeconfig(host),
+            cluster.server_url,
+            credentials.token,
+            certificate_authority_data=credentials.certificate_authority_data,
+        )
     cluster.save()
 
 
@@ -345,10 +360,13 @@ def _install_cluster_objects(cluster: SimCluster) -> None:
 
     with cluster.api() as api:
         custom: Any = client.CustomObjectsApi(api)
-        for crd in [*all_crds(), NETWORK_ATTACHMENT_DEFINITION_CRD]:
+        crds = [*all_crds(), NETWORK_ATTACHMENT_DEFINITION_CRD]
+        for crd in crds:
             custom.create_cluster_custom_object(
                 "apiextensions.k8s.io", "v1", "customresourcedefinitions", crd
             )
+        # The double establishes a CRD as it is created; kube-apiserver a moment later.
+        _wait_established(client.ApiextensionsV1Api(api), [c["metadata"]["name"] for c in crds])
         core: Any = client.CoreV1Api(api)
         core.create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
         for host in range(cluster.layout.hosts):
@@ -368,9 +386,24 @@ def _install_cluster_objects(cluster: SimCluster) -> None:
                             {"type": "InternalIP", "address": cluster.layout.nic_address(host, 0)},
                         ],
                         "conditions": [{"type": "Ready", "status": "True"}],
+                        # The kubelet takes the client's WebSocket exec stream as it
+                        # is (a real kube-apiserver would otherwise translate it to SPDY).
+                        "declaredFeatures": ["ExtendWebSocketsToKubelet"],
                     },
                 }
             )
+
+
+def _wait_established(apiextensions: Any, names: list[str], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    for name in names:
+        while not any(
+            c.type == "Established" and c.status == "True"
+            for c in apiextensions.read_custom_resource_definition(name).status.conditions or []
+        ):
+            if time.monotonic() > deadline:
+                raise SimError(f"CRD {name} not established within {timeout:.0f}s")
+            time.sleep(0.05)
 
 
 def _start_agent(cluster: SimCluster, host: int) -> None:

@@ -1,4 +1,4 @@
-"""The simulated cluster's kubelet, with Multus' part: runs the pods bound to simulated nodes.
+"""The simulated cluster's kubelet (and Multus' part, or the real Multus): runs the hosts' pods.
 
 ``multinic-sim up`` starts one ``multinic-sim kubelet`` for all simulated
 hosts. Through the API only, as a real kubelet and Multus do, it:
@@ -16,6 +16,11 @@ hosts. Through the API only, as a real kubelet and Multus do, it:
 * for a pod being deleted (``deletionTimestamp``) or gone, runs CNI DEL for
   each attachment, removes the namespace and then deletes the pod object
   (grace period 0), so ``kubectl delete pod`` returns once it is detached;
+* with ``--multus real`` (:mod:`multinic_sim.multus`) it does not do Multus'
+  part: per pod it execs the real Multus thin plugin once (``CNI_IFNAME=eth0``,
+  the host's Multus config on stdin), as a container runtime does, and Multus
+  reads the annotation and the NADs from the API, execs the shim per network
+  and writes the network-status annotation itself; DEL goes through Multus too;
 * serves ``pods/exec`` for the API server (which finds it through the Node's
   ``status.daemonEndpoints.kubeletEndpoint.Port``): the command runs in the
   pod's network namespace on this machine's root filesystem (there are no
@@ -47,7 +52,7 @@ from typing import Any
 
 from aiohttp import web
 
-from multinic_sim import remote_command
+from multinic_sim import multus, remote_command
 from multinic_sim.cluster_builder import DELEGATE_DIR, SimCluster
 from multinic_sim.errors import SimError
 from multinic_sim.fabric import FabricError, run_ip
@@ -178,6 +183,17 @@ def network_status(sandbox: Sandbox) -> list[dict[str, Any]]:
     return entries
 
 
+def multus_network_status(pod: Any) -> list[dict[str, Any]]:
+    """The network-status entries Multus wrote on ``pod`` (a ``V1Pod``); [] when none."""
+    try:
+        entries = json.loads(
+            (pod.metadata.annotations or {}).get(NETWORK_STATUS_ANNOTATION) or "[]"
+        )
+    except ValueError:
+        return []
+    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+
 def read_nad(api_client: Any, namespace: str, name: str) -> dict[str, Any] | None:
     """The NetworkAttachmentDefinition ``namespace/name``; None when there is none."""
     from kubernetes import client  # noqa: PLC0415
@@ -251,6 +267,9 @@ class SimKubelet:
         self._events: dict[Key, tuple[str, str, int]] = {}  # (event name, message, count)
         self._local = threading.local()
         self.port = 0
+        self.multus = cluster.multus == "real"
+        # Where a plugin is looked up: the shim's (and Multus') dir, then the reference plugins.
+        self.plugin_dirs = [cluster.cni_bin_dir, Path(DELEGATE_DIR)]
 
     # -- API access -----------------------------------------------------------
 
@@ -303,6 +322,9 @@ class SimKubelet:
     def run(self) -> None:
         """Serve until killed (SIGTERM ends the process; sandboxes stay, like a kubelet's)."""
         self._load()
+        if self.multus:
+            multus.install(self.cluster, self.plugin_dirs)
+            log.info("pods are attached by Multus (%s)", multus.find_binary())
         self.port = self._start_exec_server()
         for node in self.nodes:
             self._core().patch_node_status(
@@ -400,10 +422,15 @@ class SimKubelet:
 
     def _setup(self, pod: Any) -> Sandbox:
         meta = pod.metadata
-        selections = parse_networks(
-            (meta.annotations or {}).get(NETWORKS_ANNOTATION, ""), meta.namespace
-        )
-        attachments = [self._attachment(s) for s in selections]
+        if self.multus:
+            # The pod's one CNI call: Multus reads the annotation and the NADs itself.
+            config = multus.read_config(self.cluster, self.nodes[pod.spec.node_name])
+            attachments = [Attachment(multus.NETWORK_NAME, "", multus.POD_IFNAME, config)]
+        else:
+            selections = parse_networks(
+                (meta.annotations or {}).get(NETWORKS_ANNOTATION, ""), meta.namespace
+            )
+            attachments = [self._attachment(s) for s in selections]
         sandbox = Sandbox(
             namespace=meta.namespace,
             name=meta.name,
@@ -467,11 +494,11 @@ class SimKubelet:
         from kubernetes.client import ApiException  # noqa: PLC0415
 
         try:
+            # Options in the body: kube-apiserver ignores the query's when there is a body.
             self._core().delete_namespaced_pod(
                 pod.metadata.name,
                 pod.metadata.namespace,
-                grace_period_seconds=0,
-                body={"preconditions": {"uid": pod.metadata.uid}},
+                body={"gracePeriodSeconds": 0, "preconditions": {"uid": pod.metadata.uid}},
             )
         except ApiException as e:
             if e.status not in (404, 409):
@@ -479,18 +506,15 @@ class SimKubelet:
 
     def _report_running(self, pod: Any, sandbox: Sandbox) -> None:
         meta, core = pod.metadata, self._core()
-        status = network_status(sandbox)
+        annotations = {NETNS_ANNOTATION: sandbox.netns}
+        if self.multus:
+            # Multus wrote network-status (PUT pods/status) during CNI ADD.
+            status = multus_network_status(core.read_namespaced_pod(meta.name, meta.namespace))
+        else:
+            status = network_status(sandbox)
+            annotations[NETWORK_STATUS_ANNOTATION] = json.dumps(status)
         core.patch_namespaced_pod(
-            meta.name,
-            meta.namespace,
-            {
-                "metadata": {
-                    "annotations": {
-                        NETWORK_STATUS_ANNOTATION: json.dumps(status),
-                        NETNS_ANNOTATION: sandbox.netns,
-                    }
-                }
-            },
+            meta.name, meta.namespace, {"metadata": {"annotations": annotations}}
         )
         now = _now()
         containers = [c.name for c in pod.spec.containers or []]
@@ -525,12 +549,17 @@ class SimKubelet:
         sandbox.ready = True
         self._save(sandbox)
         log.info(
-            "pod %s/%s running on %s: %s",
+            "pod %s/%s running on %s: %s%s",
             meta.namespace,
             meta.name,
             sandbox.node,
-            ", ".join(f"{e['interface']} {','.join(e['ips'])}" for e in status)
+            ", ".join(
+                f"{e.get('interface')} {','.join(e.get('ips') or [])}"
+                for e in status
+                if not e.get("default")
+            )
             or "no secondary networks",
+            " (network-status written by Multus)" if self.multus else "",
         )
 
     def _event(self, pod: Any, reason: str, message: str) -> None:
@@ -581,7 +610,7 @@ class SimKubelet:
         """Exec the attachment's plugin in the host's namespace, as a runtime (via Multus) does."""
         host = self.nodes[sandbox.node]
         plugin_type = str(attachment.config["type"])
-        search = [self.cluster.cni_bin_dir, Path(DELEGATE_DIR)]
+        search = self.plugin_dirs
         plugin = next((d / plugin_type for d in search if (d / plugin_type).is_file()), None)
         if plugin is None or "/" in plugin_type:
             raise SandboxError(
@@ -624,6 +653,14 @@ class SimKubelet:
             answer = {"code": 999, "msg": f"plugin printed no JSON: {done.stdout[:200]!r}"}
         if done.returncode != 0:
             details = f" ({answer['details']})" if answer.get("details") else ""
+            if plugin_type == "multus":
+                # Multus wraps its delegates' errors, so its code (999) says nothing; a real
+                # kubelet's wording (containerd's) names no code and is waited out.
+                raise SandboxError(
+                    f'plugin type="multus" name="{attachment.network}" failed '
+                    f"({command.lower()}): "
+                    f"{answer.get('msg') or done.stderr.strip() or 'no message'}{details}"
+                )
             raise SandboxError(
                 f"plugin type={plugin_type!r} name={attachment.network!r} failed "
                 f"({command.lower()}): CNI error code {answer.get('code', 999)}: "
@@ -673,13 +710,17 @@ class SimKubelet:
         command = query.getall("command", [])
         if not command:
             return web.Response(status=400, text="you must specify at least one command")
-        if query.get("stdin") in ("true", "1"):
+        # The kubelet API's names (kube-apiserver sends input/output/error=1), and the
+        # pods/exec ones (stdin/stdout/stderr=true) of older multinic-sim API servers.
+        if query.get("input") == "1" or query.get("stdin") in ("true", "1"):
             return web.Response(status=400, text="multinic-sim's kubelet has no stdin for exec")
         stream = web.WebSocketResponse(protocols=remote_command.PROTOCOLS)
         await stream.prepare(request)
         outputs = {
-            remote_command.STDOUT: query.get("stdout") in ("true", "1"),
-            remote_command.STDERR: query.get("stderr") in ("true", "1"),
+            remote_command.STDOUT: query.get("output") == "1"
+            or query.get("stdout") in ("true", "1"),
+            remote_command.STDERR: query.get("error") == "1"
+            or query.get("stderr") in ("true", "1"),
         }
         try:
             process = await asyncio.create_subprocess_exec(

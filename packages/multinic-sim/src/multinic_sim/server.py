@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import yaml
@@ -313,11 +314,18 @@ class ApiServer:
         if path == "/apis":
             return _json_response(self.cluster.registry.group_list())
         parts = path.strip("/").split("/")
-        if parts[0] == "apis" and len(parts) == 2:
+        if parts[0] == "apis" and len(parts) >= 2:
             for group in self.cluster.registry.group_list()["groups"]:
                 if group["name"] == parts[1]:
-                    return _json_response({"kind": "APIGroup", "apiVersion": "v1", **group})
-            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+                    if len(parts) == 2:
+                        return _json_response({"kind": "APIGroup", "apiVersion": "v1", **group})
+                    break
+            else:
+                # No such group (a CRD's group once its last CRD is gone): kube-apiserver's
+                # mux answers in plain text, not with a Status.
+                return _page_not_found()
+        elif parts[0] != "api":
+            return _page_not_found()
         if parts[0] == "api" and len(parts) >= 2:
             group, version, rest = "", parts[1], parts[2:]
         elif parts[0] == "apis" and len(parts) >= 3:
@@ -398,7 +406,8 @@ class ApiServer:
                 f"exec stream protocols {requested} not supported; supported: "
                 + ", ".join(remote_command.PROTOCOLS)
             )
-        url = f"http://127.0.0.1:{port}/exec/{namespace}/{name}/{container}?{request.query_string}"
+        kubelet_query = _kubelet_exec_query(request.query)
+        url = f"http://127.0.0.1:{port}/exec/{namespace}/{name}/{container}?{kubelet_query}"
         session = aiohttp.ClientSession()
         try:
             upstream = await session.ws_connect(url, protocols=offered, autoping=True)
@@ -458,6 +467,11 @@ class ApiServer:
                 verb = "get"
         elif method == "POST" and name is None:
             verb = "create"
+        elif method == "POST" and rt.is_custom and sub is None:
+            # kube-apiserver's custom resource handler takes a POST to an object's
+            # path as a create of the body (the name in the path is not used);
+            # built-in resources answer 405.
+            verb, name = "create", None
         elif method == "PUT" and name is not None:
             verb = "update"
         elif method == "PATCH" and name is not None:
@@ -532,7 +546,7 @@ class ApiServer:
             return self._object_response(request, rt, obj, status=201, warnings=warnings)
         if info.verb == "update":
             assert info.name is not None
-            body = await _read_body(request)
+            body = await _read_body(request, subresource=info.subresource)
             obj = cluster.update(
                 rt,
                 info.namespace,
@@ -869,6 +883,26 @@ async def _relay(upstream: aiohttp.ClientWebSocketResponse, client: web.WebSocke
                 await task
 
 
+def _kubelet_exec_query(query: Any) -> str:
+    """The kubelet's exec parameters for a pods/exec request, as kube-apiserver sends them.
+
+    The kubelet API names the streams input, output, error and tty ("1" when on),
+    not stdin, stdout, stderr and tty ("true") as pods/exec does.
+    """
+    params = [("command", c) for c in query.getall("command", [])]
+    for ours, kubelets in (("stdin", "input"), ("stdout", "output"), ("stderr", "error")):
+        if query.get(ours) in ("true", "1"):
+            params.append((kubelets, "1"))
+    if query.get("tty") in ("true", "1"):
+        params.append(("tty", "1"))
+    return urlencode(params)
+
+
+def _page_not_found() -> web.Response:
+    """kube-apiserver's answer for a path outside every API group it serves."""
+    return web.Response(status=404, text="404 page not found\n", content_type="text/plain")
+
+
 def _wants_table(request: web.Request) -> bool:
     return "as=Table" in request.headers.get("Accept", "")
 
@@ -883,7 +917,9 @@ def _int_param(query: Any, name: str) -> int | None:
         raise errors.bad_request(f"{name}: invalid integer {value!r}") from e
 
 
-async def _read_body(request: web.Request, *, optional: bool = False) -> Any:
+async def _read_body(
+    request: web.Request, *, optional: bool = False, subresource: str | None = None
+) -> Any:
     raw = await request.read()
     if not raw.strip():
         if optional:
@@ -897,7 +933,7 @@ async def _read_body(request: web.Request, *, optional: bool = False) -> Any:
             raise errors.bad_request(f"error decoding YAML: {e}") from e
     if content_type == PROTOBUF:
         try:
-            return protobuf.decode(raw)
+            return protobuf.decode(raw, subresource)
         except protobuf.ProtobufError as e:
             raise errors.unsupported_media_type(
                 f"{content_type} ({e})", [JSON, "application/yaml"]

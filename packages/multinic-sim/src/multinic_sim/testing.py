@@ -65,6 +65,7 @@ class KubeTestApi:
         self.custom_objects = client.CustomObjectsApi(self.api_client)
         self.apiextensions_v1 = client.ApiextensionsV1Api(self.api_client)
         self._created_namespaces: set[str] = set()
+        self._named_namespaces: set[str] = set()
         self._created_crds: set[str] = set()
 
     @property
@@ -102,22 +103,88 @@ class KubeTestApi:
         if self.sim is not None:
             self.sim.reset()
             self._created_namespaces.clear()
+            self._named_namespaces.clear()
             self._created_crds.clear()
             return
+        # A real cluster deletes both in the background: wait for the namespaces of
+        # fixed names (the next test may create them again; random names need no
+        # wait), then for the CRDs (the next test installs them again). Namespaces
+        # first: the namespace controller backs off for seconds when the API's
+        # discovery changes while it deletes a namespace's content.
+        named = [n for n in self._created_namespaces if n in self._named_namespaces]
         for name in list(self._created_namespaces):
             self.delete_namespace(name)
-        for name in list(self._created_crds):
+        for name in named:
+            self._wait_gone(self.core_v1.read_namespace, name, "namespace")
+        self._named_namespaces.clear()
+        crds = list(self._created_crds)
+        for name in crds:
             with contextlib.suppress(Exception):
                 self.apiextensions_v1.delete_custom_resource_definition(name)
             self._created_crds.discard(name)
+        for name in crds:
+            # Objects whose controller (an operator under test) is gone keep their
+            # finalizers, and with them the CRD: drop them, as the double's reset does.
+            self._drop_finalizers(name)
+            self._wait_gone(self.apiextensions_v1.read_custom_resource_definition, name, "CRD")
+
+    def _drop_finalizers(self, crd_name: str) -> None:
+        from kubernetes.client import ApiException
+
+        try:
+            crd = self.apiextensions_v1.read_custom_resource_definition(crd_name)
+        except ApiException:
+            return
+        group, plural = crd.spec.group, crd.spec.names.plural
+        version = next(v.name for v in crd.spec.versions if v.storage)
+        try:
+            items = cast(
+                "dict[str, Any]",
+                self.custom_objects.list_cluster_custom_object(group, version, plural),
+            )
+        except ApiException:
+            return
+        for item in items.get("items") or []:
+            meta = item["metadata"]
+            if not meta.get("finalizers"):
+                continue
+            namespace = meta.get("namespace")
+            patch = {"metadata": {"finalizers": None}}
+            with contextlib.suppress(ApiException):
+                if namespace:
+                    self.custom_objects.patch_namespaced_custom_object(
+                        group, version, namespace, plural, meta["name"], patch
+                    )
+                else:
+                    self.custom_objects.patch_cluster_custom_object(
+                        group, version, plural, meta["name"], patch
+                    )
+
+    def _wait_gone(self, read: Callable[[str], Any], name: str, what: str) -> None:
+        from kubernetes.client import ApiException
+
+        def gone() -> bool:
+            try:
+                read(name)
+            except ApiException as e:
+                return bool(e.status == 404)
+            return False
+
+        wait_for(gone, 120, f"{what} {name} deleted")
 
     # -- helpers ------------------------------------------------------------
 
-    def new_namespace(self, prefix: str = "test-") -> str:
-        """Create a namespace with a random name and return the name."""
+    def new_namespace(self, prefix: str = "test-", *, name: str | None = None) -> str:
+        """Create a namespace with a random name (or ``name``) and return the name.
+
+        :meth:`reset` deletes it; on a real cluster it waits until one with a
+        given ``name`` is gone, so that the next test can create it again.
+        """
         from kubernetes import client
 
-        name = f"{prefix}{secrets.token_hex(4)}"
+        if name is not None:
+            self._named_namespaces.add(name)
+        name = name or f"{prefix}{secrets.token_hex(4)}"
         self.core_v1.create_namespace(
             client.V1Namespace(
                 metadata=client.V1ObjectMeta(name=name, labels={"multinic.dev/test": "true"})
@@ -150,6 +217,11 @@ class KubeTestApi:
             current = cast(
                 dict[str, Any], self.custom_objects.get_cluster_custom_object(*crds, name)
             )
+            if current["metadata"].get("deletionTimestamp"):
+                # Still being deleted (a real cluster removes its objects first).
+                self._wait_gone(self.apiextensions_v1.read_custom_resource_definition, name, "CRD")
+                self.apply_crd(body, timeout)
+                return
             body = {
                 **body,
                 "metadata": {
