@@ -274,7 +274,8 @@ def test_pods_get_both_nics_from_the_shim_through_multus_which_writes_network_st
         assert wanted in added_interface_events(core, pod.metadata.uid)
     kubelet_log = (kept.logs_dir / "kubelet.log").read_text()
     assert "pods are attached by Multus" in kubelet_log
-    assert kubelet_log.count("(network-status written by Multus)") == HOSTS
+    # One pod per host on each of the demo's two networks (L2 and L3).
+    assert kubelet_log.count("(network-status written by Multus)") == 2 * HOSTS
 
 
 @pytest.mark.root

@@ -126,6 +126,8 @@ class NetworkReconciler:
         # written (which would drop a host that just joined).
         self._lock = threading.RLock()
         self._workers = workers
+        self._seen_nodes: set[str] = set()
+        """The Nodes of the last host read: a HostInterface is deleted only after its Node went."""
 
     # ------------------------------------------------------------------ entry points
 
@@ -144,15 +146,20 @@ class NetworkReconciler:
                 continue
             if (host.spec.host_name or host.name) in nodes:
                 hosts.append(host)
-            elif not host.unmanaged:
+            elif not host.unmanaged and (host.spec.host_name or host.name) in self._seen_nodes:
+                # Its Node was there at an earlier read and is gone now. A Node
+                # never seen may just not exist yet (an agent can write its
+                # HostInterface first): that HostInterface stays.
                 self._forget_host(host)
+        self._seen_nodes = set(nodes)
         return HostSnapshot(hosts, nodes)
 
     def _forget_host(self, host: HostInterface) -> None:
         """Delete the HostInterface of a Node that is gone (its agent went with it).
 
-        Only after the Node list was read successfully, so "gone" is proven;
-        a user's ``multi-nic-unmanaged`` HostInterface is never deleted.
+        Only after the Node list was read successfully and the Node was in the
+        previous one, so "gone" is proven; a user's ``multi-nic-unmanaged``
+        HostInterface is never deleted.
         """
         try:
             # Only the version read with the Node list: a Node (and agent) that
