@@ -65,7 +65,6 @@ class KubeTestApi:
         self.custom_objects = client.CustomObjectsApi(self.api_client)
         self.apiextensions_v1 = client.ApiextensionsV1Api(self.api_client)
         self._created_namespaces: set[str] = set()
-        self._named_namespaces: set[str] = set()
         self._created_crds: set[str] = set()
 
     @property
@@ -103,32 +102,27 @@ class KubeTestApi:
         if self.sim is not None:
             self.sim.reset()
             self._created_namespaces.clear()
-            self._named_namespaces.clear()
             self._created_crds.clear()
             return
-        # A real cluster deletes both in the background: wait for the namespaces of
-        # fixed names (the next test may create them again; random names need no
-        # wait), then for the CRDs (the next test installs them again). Namespaces
-        # first: the namespace controller backs off for seconds when the API's
-        # discovery changes while it deletes a namespace's content.
-        named = [n for n in self._created_namespaces if n in self._named_namespaces]
+        # A real cluster deletes both in the background: the namespaces are not
+        # waited for (new_namespace waits for one of the same name if need be), the
+        # CRDs are (the next test installs them again).
         for name in list(self._created_namespaces):
             self.delete_namespace(name)
-        for name in named:
-            self._wait_gone(self.core_v1.read_namespace, name, "namespace")
-        self._named_namespaces.clear()
         crds = list(self._created_crds)
+        for name in crds:
+            # The objects first, their finalizers dropped (their controller, an operator
+            # under test, is gone), as the double's reset does: kube-apiserver's CRD
+            # cleanup then has nothing left to wait for (it polls every 5 s).
+            self._delete_instances(name)
         for name in crds:
             with contextlib.suppress(Exception):
                 self.apiextensions_v1.delete_custom_resource_definition(name)
             self._created_crds.discard(name)
         for name in crds:
-            # Objects whose controller (an operator under test) is gone keep their
-            # finalizers, and with them the CRD: drop them, as the double's reset does.
-            self._drop_finalizers(name)
             self._wait_gone(self.apiextensions_v1.read_custom_resource_definition, name, "CRD")
 
-    def _drop_finalizers(self, crd_name: str) -> None:
+    def _delete_instances(self, crd_name: str) -> None:
         from kubernetes.client import ApiException
 
         try:
@@ -144,21 +138,23 @@ class KubeTestApi:
             )
         except ApiException:
             return
+        co = self.custom_objects
         for item in items.get("items") or []:
             meta = item["metadata"]
-            if not meta.get("finalizers"):
-                continue
-            namespace = meta.get("namespace")
-            patch = {"metadata": {"finalizers": None}}
+            namespace, name = meta.get("namespace"), meta["name"]
             with contextlib.suppress(ApiException):
+                if meta.get("finalizers"):
+                    patch = {"metadata": {"finalizers": None}}
+                    if namespace:
+                        co.patch_namespaced_custom_object(
+                            group, version, namespace, plural, name, patch
+                        )
+                    else:
+                        co.patch_cluster_custom_object(group, version, plural, name, patch)
                 if namespace:
-                    self.custom_objects.patch_namespaced_custom_object(
-                        group, version, namespace, plural, meta["name"], patch
-                    )
+                    co.delete_namespaced_custom_object(group, version, namespace, plural, name)
                 else:
-                    self.custom_objects.patch_cluster_custom_object(
-                        group, version, plural, meta["name"], patch
-                    )
+                    co.delete_cluster_custom_object(group, version, plural, name)
 
     def _wait_gone(self, read: Callable[[str], Any], name: str, what: str) -> None:
         from kubernetes.client import ApiException
@@ -177,19 +173,27 @@ class KubeTestApi:
     def new_namespace(self, prefix: str = "test-", *, name: str | None = None) -> str:
         """Create a namespace with a random name (or ``name``) and return the name.
 
-        :meth:`reset` deletes it; on a real cluster it waits until one with a
-        given ``name`` is gone, so that the next test can create it again.
+        :meth:`reset` deletes it. A real cluster deletes a namespace in the
+        background: one of the given ``name`` still terminating (an earlier test's)
+        is waited for, then made again.
         """
         from kubernetes import client
+        from kubernetes.client import ApiException
 
-        if name is not None:
-            self._named_namespaces.add(name)
         name = name or f"{prefix}{secrets.token_hex(4)}"
-        self.core_v1.create_namespace(
-            client.V1Namespace(
-                metadata=client.V1ObjectMeta(name=name, labels={"multinic.dev/test": "true"})
-            )
+        body = client.V1Namespace(
+            metadata=client.V1ObjectMeta(name=name, labels={"multinic.dev/test": "true"})
         )
+        try:
+            self.core_v1.create_namespace(body)
+        except ApiException as e:
+            if e.status != 409 or not self.is_real_cluster:
+                raise
+            meta = self.core_v1.read_namespace(name).metadata
+            if meta is None or not meta.deletion_timestamp:
+                raise
+            self._wait_gone(self.core_v1.read_namespace, name, "namespace")
+            self.core_v1.create_namespace(body)
         self._created_namespaces.add(name)
         return name
 
