@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import copy
 import json
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +146,7 @@ class Agent:
 class Uniqueness(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.root = Path(TMP.mktemp("uniq"))
+        self.root = Path(tempfile.mkdtemp(prefix="uniq-", dir=ROOT))
         self.agents = {h: Agent(h, self.root / h) for h in HOSTS}
         self.api: dict[str, dict[str, Any]] = {}
         self.previous: CIDRSpec | None = None
@@ -337,14 +339,26 @@ class Uniqueness(RuleBasedStateMachine):
         TOTALS["sequences"] += 1
 
 
-TMP: pytest.TempPathFactory
+ROOT = ""
+"""Where each sequence's hosts keep their state (a pytest temporary directory)."""
 
 
-def test_no_address_ever_has_two_live_holders(
-    tmp_path_factory: pytest.TempPathFactory, figures: dict[str, Any]
-) -> None:
-    global TMP  # noqa: PLW0603 - the state machine is built by hypothesis, without arguments
-    TMP = tmp_path_factory
+@pytest.fixture(autouse=True)
+def state_root(tmp_path: Path) -> None:
+    global ROOT  # noqa: PLW0603 - hypothesis builds the state machine without arguments
+    ROOT = str(tmp_path)
+
+
+@pytest.fixture
+def machine() -> Iterator[Uniqueness]:
+    """One state machine driven step by step (the regression sequences)."""
+    built = Uniqueness()
+    built.every_watch_lists()
+    yield built
+    built.teardown()
+
+
+def test_no_address_ever_has_two_live_holders(figures: dict[str, Any]) -> None:
     TOTALS.clear()
     examples = max(20, FUZZ_EXAMPLES // 20)
     run_state_machine_as_test(
@@ -364,18 +378,15 @@ def test_no_address_ever_has_two_live_holders(
     assert TOTALS["ADDs"] > examples * 3, TOTALS
     assert TOTALS["stranded reported"] > 0, TOTALS
     assert TOTALS["deferred pools"] > 0, TOTALS
-    assert TOTALS["ADD: try again"] > 0, TOTALS
+    # Whether the random search also meets an ADD refused by a retired pool
+    # varies with hash seeds (0 to 78 seen); the step-by-step test below always does.
 
 
 def test_the_shrink_of_a_predecessor_pool_hands_none_of_its_addresses_to_another_host(
-    tmp_path_factory: pytest.TempPathFactory,
+    machine: Uniqueness,
 ) -> None:
     """The issue's scenario across hosts, step by step: host-0's /24 (with predecessor
     pods at .66-.68) shrinks to /26s, and host-1's new block .64/26 lies inside it."""
-    global TMP  # noqa: PLW0603
-    TMP = tmp_path_factory
-    machine = Uniqueness()
-    machine.every_watch_lists()
     machine.edit_host_block(8)
     machine.reconcile()
     assert machine.agents["host-1"].view.pools_for(NETWORK)[0].pod_cidr == "192.168.1.0/24"
@@ -390,20 +401,15 @@ def test_the_shrink_of_a_predecessor_pool_hands_none_of_its_addresses_to_another
         machine.one_live_holder_per_address()
     got = {a for node, addresses in machine.live.values() if node == "host-1" for a in addresses}
     assert got == {f"192.168.0.{i}" for i in (65, 69, 70, 71, 72)}
-    machine.teardown()
 
 
 def test_an_add_that_read_a_pool_before_it_was_retired_and_deleted_tries_again(
-    tmp_path_factory: pytest.TempPathFactory,
+    machine: Uniqueness,
 ) -> None:
     """Found by the state machine at 500 sequences: host-1 read its /24, the edit
     retired it, host-1 acknowledged, the operator deleted it and gave host-2 a /25
     inside it; the stalled ADD then allocated 192.168.1.1 from the vanished pool
     while host-2 got it too. A pool once retired stays refused after its deletion."""
-    global TMP  # noqa: PLW0603
-    TMP = tmp_path_factory
-    machine = Uniqueness()
-    machine.every_watch_lists()
     machine.edit_host_block(7)
     machine.reconcile()
     machine.add_reads_pools("host-1")
@@ -413,4 +419,3 @@ def test_an_add_that_read_a_pool_before_it_was_retired_and_deleted_tries_again(
     machine.one_live_holder_per_address()
     assert not any(node == "host-1" for node, _ in machine.live.values()), "host-1 tries again"
     assert TOTALS["ADD: try again"] >= 1
-    machine.teardown()

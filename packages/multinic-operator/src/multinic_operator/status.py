@@ -165,6 +165,7 @@ def success_status(inputs: StatusInputs) -> MultiNicNetworkStatus:
     if inputs.routes.message and inputs.routes.state != "Success":
         messages.append(inputs.routes.message)
     routes_ready = inputs.routes.state in ("Success", "N/A")
+    stranded = stranded_condition(inputs, generation)
     conditions = [
         Condition(
             type="Ready",
@@ -180,10 +181,10 @@ def success_status(inputs: StatusInputs) -> MultiNicNetworkStatus:
             message=inputs.routes.message,
             observed_generation=generation,
         ),
-        stranded_condition(inputs, generation),
+        stranded,
     ]
     if inputs.stranded:
-        messages.append(stranded_condition(inputs, generation).message)
+        messages.append(stranded.message)
     return MultiNicNetworkStatus(
         compute_results=inputs.compute_results,
         discovery=DiscoveryStatus(
