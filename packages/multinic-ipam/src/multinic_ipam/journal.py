@@ -161,6 +161,9 @@ def address_slot(interface_name: str, address: str) -> Slot:
 class _PoolState:
     used: dict[int, AllocationEntry] = field(default_factory=dict)
     released: dict[int, float] = field(default_factory=dict)
+    entries: list[AllocationEntry] = field(default_factory=list)
+    """Every entry of the pool (``used`` keeps one per index; a pre-existing
+    duplicate of an index is listed here too)."""
     forgotten: set[ForeignRow] = field(default_factory=set)
     """Adopted rows released here that the IPPool object may still list."""
 
@@ -207,7 +210,8 @@ class AllocationJournal:
     def pool_allocations(self, pool: str) -> list[AllocationEntry]:
         """The allocations of one IPPool, by index (its ``spec.allocations``)."""
         with self._lock:
-            found = [e for entries in self._by_key.values() for e in entries if e.pool == pool]
+            state = self._pools.get(pool)
+            found = state.entries if state else []
             return sorted(found, key=lambda e: (e.index, e.adopted))
 
     def holders(self, interface_name: str, address: str) -> list[AllocationEntry]:
@@ -483,6 +487,7 @@ class AllocationJournal:
         for entry in entries:
             state = self._pools.setdefault(entry.pool, _PoolState())
             state.used.setdefault(entry.index, entry)
+            state.entries.append(entry)
             state.released.pop(entry.index, None)
             self._by_key.setdefault(entry.key, []).append(entry)
             self._held.setdefault(entry.slot, []).append(entry)
@@ -494,6 +499,8 @@ class AllocationJournal:
             if state.used.get(entry.index) == entry:
                 del state.used[entry.index]
                 state.released[entry.index] = at
+            if entry in state.entries:
+                state.entries.remove(entry)
             holders = self._held.get(entry.slot, [])
             if entry in holders:
                 holders.remove(entry)
