@@ -37,6 +37,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -197,8 +198,10 @@ class RealApiServer:
         token: str | None = None,
         netns: Sequence[str] = (),
         ready_timeout: float = DEFAULT_READY_TIMEOUT,
+        audit_log: Path | None = None,
     ) -> None:
         self.work_dir = work_dir.resolve()
+        self.audit_log = audit_log
         self.port = port
         self.token = token or secrets.token_urlsafe(32)
         self.netns = list(netns)
@@ -371,8 +374,28 @@ class RealApiServer:
                 # The agent DaemonSet is privileged, as in every cluster that runs it.
                 "--allow-privileged=true",
                 "--egress-selector-config-file", str(egress),
+                *self._audit_flags(),
             ],
         )  # fmt: skip
+
+    def _audit_flags(self) -> list[str]:
+        """Every request's metadata, one JSON line each (what benchmarks count by user agent)."""
+        if self.audit_log is None:
+            return []
+        policy = self.work_dir / "audit-policy.yaml"
+        policy.write_text(
+            "apiVersion: audit.k8s.io/v1\n"
+            "kind: Policy\n"
+            "omitStages: [RequestReceived]\n"
+            "rules:\n"
+            "- level: Metadata\n"
+        )
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-mode=blocking",
+        ]
 
     def _start_controller_manager(self, program: Path) -> None:
         kubeconfig = self.write_kubeconfig(self.work_dir / "controller-manager.kubeconfig")
@@ -498,6 +521,37 @@ class RealApiServer:
             upstream[1].close()
             return
         await splice((reader, writer), upstream)
+
+
+class RealApiServerThread:
+    """A :class:`RealApiServer` whose event loop (the kubelet tunnel) runs in a daemon thread.
+
+    For synchronous tools such as the benchmarks: ``start()`` returns once the
+    control plane is ready, ``stop()`` ends it.
+    """
+
+    def __init__(self, server: RealApiServer) -> None:
+        self.server = server
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="multinic-sim-real-apiserver", daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def start(self) -> RealApiServerThread:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result()
+        return self
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+        self._loop.close()
 
 
 def _terminate(process: subprocess.Popen[bytes], grace: float = STOP_GRACE_S) -> None:
