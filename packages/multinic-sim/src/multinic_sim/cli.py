@@ -220,6 +220,48 @@ def _add_cluster_commands(commands: Any) -> None:
         "list", parents=[state], help="pods on the simulated hosts, their interfaces and addresses"
     )
     listing.add_argument("--json", action="store_true", help="machine-readable output")
+    host = commands.add_parser(
+        "host", help="hosts joining and leaving the running simulated cluster"
+    )
+    host_commands = host.add_subparsers(dest="host_command", metavar="ACTION")
+    host_commands.required = True
+    timeout = argparse.ArgumentParser(add_help=False)
+    timeout.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="seconds to wait for each step (default: %(default)s)",
+    )
+    host_commands.add_parser(
+        "add",
+        parents=[state, timeout],
+        help="join one more host: namespace on every NIC rail, Node, agent, kubelet",
+        description="Join a host to the running cluster, as a new node would: its namespace "
+        "(the lowest free host index) plugged into every NIC rail, the API server on its "
+        "loopback, its Node, its agent (which reports its NICs); returns once the kubelet "
+        "runs its pods. The operator then plans its blocks and the other hosts' agents add "
+        "routes to them.",
+    )
+    remove = host_commands.add_parser(
+        "remove",
+        parents=[state, timeout],
+        help="drain a host and take it out: pods deleted, agent stopped, Node deleted",
+        description="Take a host out of the running cluster: its pods are deleted (CNI DEL "
+        "releases their addresses), its agent stops, its Node is deleted (the operator "
+        "removes its HostInterface and replans; the other hosts drop their routes to it) "
+        "and its namespace is unplugged and deleted.",
+    )
+    remove.add_argument("name", help="node name (host-3) or index (3)")
+    forward = commands.add_parser(
+        "api-forward",
+        parents=[state],
+        help="the API server's port inside one host namespace (started by `host add`)",
+        description="Listen on the API server's loopback port inside a host's network "
+        "namespace and splice each connection to the API server. `multinic-sim host add` "
+        "starts it for the host it adds; run it by hand only to debug.",
+    )
+    forward.add_argument("--netns", required=True, help="the host's network namespace")
     commands.add_parser(
         "kubelet",
         parents=[state],
@@ -364,6 +406,12 @@ def _cluster_command(args: argparse.Namespace, state_dir: Path) -> int:
         return 0
     if args.command == "concheck" and args.kubeconfig is not None:
         return _concheck(args, args.kubeconfig)
+    if args.command == "host":
+        return _host_command(args, state_dir)
+    if args.command == "api-forward":
+        from multinic_sim.hosts import run_forwarder  # noqa: PLC0415
+
+        return run_forwarder(state_dir, args.netns)
     cluster = cluster_builder.SimCluster.load(state_dir)
     if args.command == "kubelet":
         from multinic_sim.kubelet import run_kubelet  # noqa: PLC0415
@@ -390,6 +438,28 @@ def _cluster_command(args: argparse.Namespace, state_dir: Path) -> int:
         print(json.dumps([_pod_json(view) for view in runtime.list()], indent=2))
     else:
         print(demo.pod_table(runtime.list()))
+    return 0
+
+
+def _host_command(args: argparse.Namespace, state_dir: Path) -> int:
+    from multinic_sim import hosts  # noqa: PLC0415
+    from multinic_sim.cluster_builder import SimCluster  # noqa: PLC0415
+
+    progress = ProgressLog()
+    if args.host_command == "add":
+        host = hosts.add_host(state_dir, progress, args.timeout)
+        cluster = SimCluster.load(state_dir)
+        print(
+            f"{cluster.layout.host_name(host)} joined ({cluster.layout.host_netns(host)}); "
+            f"hosts: {', '.join(cluster.layout.host_name(h) for h in cluster.hosts)}"
+        )
+        return 0
+    host = hosts.remove_host(state_dir, args.name, progress, args.timeout)
+    cluster = SimCluster.load(state_dir)
+    print(
+        f"{cluster.layout.host_name(host)} removed; "
+        f"hosts: {', '.join(cluster.layout.host_name(h) for h in cluster.hosts)}"
+    )
     return 0
 
 

@@ -75,6 +75,13 @@ class SimCluster:
     """``double``: the project's API server double; ``real``: kube-apiserver + etcd."""
     multus: str = "sim"
     """``sim``: the simulated kubelet does Multus' part; ``real``: it execs the real Multus."""
+    removed: list[int] = field(default_factory=list)
+    """Host indexes below ``layout.hosts`` that ``multinic-sim host remove`` took out."""
+
+    @property
+    def hosts(self) -> list[int]:
+        """The indexes of the hosts in the cluster now."""
+        return [h for h in range(self.layout.hosts) if h not in self.removed]
 
     # -- where things are ---------------------------------------------------
 
@@ -109,10 +116,10 @@ class SimCluster:
 
     def host_index(self, node: str) -> int:
         """The host index of node name ``host-<i>`` (or of a bare index)."""
-        for host in range(self.layout.hosts):
+        for host in self.hosts:
             if node in (self.layout.host_name(host), str(host)):
                 return host
-        names = ", ".join(self.layout.host_name(h) for h in range(self.layout.hosts))
+        names = ", ".join(self.layout.host_name(h) for h in self.hosts)
         raise SimError(f"no host {node!r} in this simulated cluster (hosts: {names})")
 
     # -- the record ---------------------------------------------------------
@@ -126,6 +133,7 @@ class SimCluster:
             "pids": self.pids,
             "apiserver": self.apiserver,
             "multus": self.multus,
+            "removed": sorted(self.removed),
         }
         temporary = self.record_path.with_suffix(".tmp")
         temporary.write_text(json.dumps(document, indent=2) + "\n")
@@ -155,6 +163,7 @@ class SimCluster:
             pids={str(k): int(v) for k, v in dict(document.get("pids", {})).items()},
             apiserver=str(document.get("apiserver", "double")),
             multus=str(document.get("multus", "sim")),
+            removed=[int(h) for h in document.get("removed", [])],
         )
 
     # -- API access ---------------------------------------------------------
@@ -272,12 +281,12 @@ def _up(cluster: SimCluster, progress: ProgressLog, timeout: float) -> None:
         cluster.save()
     with progress.step(f"starting {layout.hosts} agents, each in its host namespace"):
         for host in range(layout.hosts):
-            _start_agent(cluster, host)
+            start_agent(cluster, host)
         cluster.save()
 
     def agents_serving() -> tuple[int, int]:
         cluster.check_daemons()
-        return sum(_accepts(cluster.agent_socket(h)) for h in range(layout.hosts)), layout.hosts
+        return sum(accepts(cluster.agent_socket(h)) for h in range(layout.hosts)), layout.hosts
 
     progress.wait("agents serving their CNI sockets", agents_serving, timeout)
     part = "the real Multus as their CNI" if cluster.multus == "real" else "Multus' part"
@@ -340,17 +349,22 @@ def _start_api_server(cluster: SimCluster, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise SimError(f"the API server wrote no kubeconfig within {timeout:.0f}s")
         time.sleep(0.05)
-    credentials = read_credentials(cluster.kubeconfig)
-    cluster.server_url = credentials.server_url
+    cluster.server_url = read_credentials(cluster.kubeconfig).server_url
     for host in range(cluster.layout.hosts):
-        # The same loopback address and port, served inside that host's namespace.
-        write_kubeconfig(
-            cluster.host_kubeconfig(host),
-            cluster.server_url,
-            credentials.token,
-            certificate_authority_data=credentials.certificate_authority_data,
-        )
+        write_host_kubeconfig(cluster, host)
     cluster.save()
+
+
+def write_host_kubeconfig(cluster: SimCluster, host: int) -> None:
+    """The same loopback address and port, served inside that host's namespace."""
+    credentials = read_credentials(cluster.kubeconfig)
+    cluster.host_dir(host).mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_kubeconfig(
+        cluster.host_kubeconfig(host),
+        credentials.server_url,
+        credentials.token,
+        certificate_authority_data=credentials.certificate_authority_data,
+    )
 
 
 def _install_cluster_objects(cluster: SimCluster) -> None:
@@ -370,28 +384,33 @@ def _install_cluster_objects(cluster: SimCluster) -> None:
         core: Any = client.CoreV1Api(api)
         core.create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
         for host in range(cluster.layout.hosts):
-            name = cluster.layout.host_name(host)
-            core.create_node(
-                {
-                    "metadata": {
-                        "name": name,
-                        "labels": {
-                            "kubernetes.io/hostname": name,
-                            SIMULATED_NODE.split("=", maxsplit=1)[0]: "true",
-                        },
-                    },
-                    "status": {
-                        "addresses": [
-                            {"type": "Hostname", "address": name},
-                            {"type": "InternalIP", "address": cluster.layout.nic_address(host, 0)},
-                        ],
-                        "conditions": [{"type": "Ready", "status": "True"}],
-                        # The kubelet takes the client's WebSocket exec stream as it
-                        # is (a real kube-apiserver would otherwise translate it to SPDY).
-                        "declaredFeatures": ["ExtendWebSocketsToKubelet"],
-                    },
-                }
-            )
+            create_node(core, cluster, host)
+
+
+def create_node(core: Any, cluster: SimCluster, host: int) -> None:
+    """The Node object of one simulated host (a ``kubernetes.client.CoreV1Api``)."""
+    name = cluster.layout.host_name(host)
+    core.create_node(
+        {
+            "metadata": {
+                "name": name,
+                "labels": {
+                    "kubernetes.io/hostname": name,
+                    SIMULATED_NODE.split("=", maxsplit=1)[0]: "true",
+                },
+            },
+            "status": {
+                "addresses": [
+                    {"type": "Hostname", "address": name},
+                    {"type": "InternalIP", "address": cluster.layout.nic_address(host, 0)},
+                ],
+                "conditions": [{"type": "Ready", "status": "True"}],
+                # The kubelet takes the client's WebSocket exec stream as it
+                # is (a real kube-apiserver would otherwise translate it to SPDY).
+                "declaredFeatures": ["ExtendWebSocketsToKubelet"],
+            },
+        }
+    )
 
 
 def _wait_established(apiextensions: Any, names: list[str], timeout: float = 30.0) -> None:
@@ -406,7 +425,7 @@ def _wait_established(apiextensions: Any, names: list[str], timeout: float = 30.
             time.sleep(0.05)
 
 
-def _start_agent(cluster: SimCluster, host: int) -> None:
+def start_agent(cluster: SimCluster, host: int) -> None:
     host_dir = cluster.host_dir(host)
     host_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     argv = [
@@ -431,7 +450,7 @@ def _start_agent(cluster: SimCluster, host: int) -> None:
     cluster.pids[name] = start_daemon(argv, cluster.logs_dir / f"{name}.log")
 
 
-def _accepts(path: Path) -> bool:
+def accepts(path: Path) -> bool:
     if not path.exists():
         return False
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:

@@ -133,17 +133,52 @@ def _build(layout: FabricLayout) -> None:
         run_ip("-n", fabric, "link", "add", bridge, "type", "bridge")
         run_ip("-n", fabric, "link", "set", bridge, "up")
     for host in range(layout.hosts):
-        netns = layout.host_netns(host)
-        run_ip("netns", "add", netns)
-        run_ip("-n", netns, "link", "set", "lo", "up")
+        _add_host(layout, host)
+
+
+def _add_host(layout: FabricLayout, host: int) -> None:
+    fabric, netns = layout.fabric_netns, layout.host_netns(host)
+    run_ip("netns", "add", netns)
+    run_ip("-n", netns, "link", "set", "lo", "up")
+    for nic in range(layout.nics):
+        name, port = layout.nic_name(nic), layout.fabric_port(host, nic)
+        run_ip("-n", netns, "link", "add", name, "type", "veth", "peer", "name", port,
+               "netns", fabric)  # fmt: skip
+        run_ip("-n", netns, "addr", "add", f"{layout.nic_address(host, nic)}/24", "dev", name)
+        run_ip("-n", netns, "link", "set", name, "up")
+        run_ip("-n", fabric, "link", "set", port, "master", layout.bridge_name(nic))
+        run_ip("-n", fabric, "link", "set", port, "up")
+
+
+def add_host(layout: FabricLayout, host: int) -> None:
+    """Plug one more host namespace into the running fabric; on failure remove it again."""
+    netns = layout.host_netns(host)
+    if netns in existing_netns():
+        raise FabricError(f"namespace {netns} already exists")
+    try:
+        _add_host(layout, host)
+    except BaseException:
+        remove_host(layout, host)
+        raise
+    log.info("fabric: %s plugged into %d rails", netns, layout.nics)
+
+
+def remove_host(layout: FabricLayout, host: int) -> None:
+    """Unplug a host from the fabric and delete its namespace (idempotent).
+
+    The fabric ports go first: a socket some process still holds in the
+    namespace would keep it, and with it the NICs, alive after ``netns del``.
+    """
+    present = existing_netns()
+    if layout.fabric_netns in present:
         for nic in range(layout.nics):
-            name, port = layout.nic_name(nic), layout.fabric_port(host, nic)
-            run_ip("-n", netns, "link", "add", name, "type", "veth", "peer", "name", port,
-                   "netns", fabric)  # fmt: skip
-            run_ip("-n", netns, "addr", "add", f"{layout.nic_address(host, nic)}/24", "dev", name)
-            run_ip("-n", netns, "link", "set", name, "up")
-            run_ip("-n", fabric, "link", "set", port, "master", layout.bridge_name(nic))
-            run_ip("-n", fabric, "link", "set", port, "up")
+            try:
+                run_ip("-n", layout.fabric_netns, "link", "del", layout.fabric_port(host, nic))
+            except FabricError as e:
+                if "Cannot find device" not in str(e):
+                    raise
+    if layout.host_netns(host) in present:
+        teardown(layout.prefix, [layout.host_netns(host)])
 
 
 def teardown(prefix: str = DEFAULT_PREFIX, netns: Sequence[str] | None = None) -> list[str]:

@@ -258,7 +258,7 @@ class SimKubelet:
 
     def __init__(self, cluster: SimCluster) -> None:
         self.cluster = cluster
-        self.nodes = {cluster.layout.host_name(h): h for h in range(cluster.layout.hosts)}
+        self.nodes = {cluster.layout.host_name(h): h for h in cluster.hosts}
         self.dir = cluster.state_dir / "kubelet"
         self.queue = WorkQueue()
         self.sandboxes: dict[Key, Sandbox] = {}
@@ -331,11 +331,43 @@ class SimKubelet:
                 node, {"status": {"daemonEndpoints": {"kubeletEndpoint": {"Port": self.port}}}}
             )
         log.info("kubelet for %s serving exec on 127.0.0.1:%d", ", ".join(self.nodes), self.port)
+        # `multinic-sim host add/remove` changed the record: take the hosts it lists now.
+        signal.signal(
+            signal.SIGHUP,
+            lambda *_: threading.Thread(target=self._reload, name="reload", daemon=True).start(),
+        )
         for _ in range(WORKERS):
             threading.Thread(target=self._work, daemon=True).start()
         for key in list(self.sandboxes):
             self.queue.add(key)
         self._watch_pods()
+
+    def _reload(self) -> None:
+        """Serve the hosts the cluster record lists now (SIGHUP, from ``host add/remove``)."""
+        try:
+            cluster = SimCluster.load(self.cluster.state_dir)
+            nodes = {cluster.layout.host_name(h): h for h in cluster.hosts}
+            joined = [n for n in nodes if n not in self.nodes]
+            left = [n for n in self.nodes if n not in nodes]
+            self.cluster = cluster
+            if self.multus:
+                multus.install(cluster, self.plugin_dirs)
+            self.nodes = nodes
+            for node in joined:
+                self._core().patch_node_status(
+                    node, {"status": {"daemonEndpoints": {"kubeletEndpoint": {"Port": self.port}}}}
+                )
+            for pod in self._core().list_pod_for_all_namespaces().items:
+                self._offer(pod)
+        except Exception as e:  # the next SIGHUP tries again; the old hosts keep running
+            log.error("reloading the cluster record failed: %s", e)
+            return
+        log.info(
+            "hosts now %s (joined: %s; left: %s)",
+            ", ".join(nodes),
+            ", ".join(joined) or "none",
+            ", ".join(left) or "none",
+        )
 
     def _watch_pods(self) -> None:
         from kubernetes import watch  # noqa: PLC0415

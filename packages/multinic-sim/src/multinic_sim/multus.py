@@ -125,7 +125,7 @@ def install(cluster: SimCluster, delegate_dirs: list[Path]) -> None:
         temporary.unlink(missing_ok=True)
         temporary.symlink_to(binary)
         temporary.replace(link)
-    for host in range(cluster.layout.hosts):
+    for host in cluster.hosts:
         folder = host_dir(cluster, host)
         (folder / "net.d").mkdir(parents=True, exist_ok=True, mode=0o700)
         path = config_path(cluster, host)

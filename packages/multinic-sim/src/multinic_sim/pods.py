@@ -201,7 +201,7 @@ class PodRuntime:
         """Pods on the simulated hosts (every namespace), by namespace and name."""
         from kubernetes import client  # noqa: PLC0415
 
-        nodes = {self.cluster.layout.host_name(h) for h in range(self.cluster.layout.hosts)}
+        nodes = {self.cluster.layout.host_name(h) for h in self.cluster.hosts}
         with self.cluster.api() as api:
             pods: Any = client.CoreV1Api(api).list_pod_for_all_namespaces().items
         views = [view_of(p) for p in pods if p.spec.node_name in nodes]

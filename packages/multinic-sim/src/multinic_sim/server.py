@@ -17,9 +17,10 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import aiohttp
@@ -39,6 +40,7 @@ from multinic_sim.store import Obj, StoredEvent
 from multinic_sim.watch import Delivery, Marker, Watcher, dumps
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 KUBE_VERSION = {
     "major": "1",
@@ -86,45 +88,69 @@ def _setns(fd: int, nstype: int) -> None:
         raise OSError(code, os.strerror(code))
 
 
-def bind_in_netns(netns: str, host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` inside the named network namespace.
+def _in_netns(netns: str, fn: Callable[[], T]) -> T:
+    """``fn()`` run in the named network namespace.
 
-    ``setns`` changes the namespace of the calling thread only, so the socket is
-    made in a dedicated short-lived thread (never a pooled one, which would stay
-    in *netns*); the socket keeps belonging to *netns* after the thread ends.
+    ``setns`` changes the namespace of the calling thread only, so *fn* runs in
+    a dedicated short-lived thread (never a pooled one, which would stay in
+    *netns*); sockets it makes keep belonging to *netns* after the thread ends.
     """
-    made: list[socket.socket] = []
+    made: list[T] = []
     failed: list[BaseException] = []
 
-    def bind() -> None:
+    def run() -> None:
         try:
             fd = os.open(NETNS_DIR / netns, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 _setns(fd, CLONE_NEWNET)
             finally:
                 os.close(fd)
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind((host, port))
-                sock.listen(2048)
-            except BaseException:
-                sock.close()
-                raise
-            made.append(sock)
+            made.append(fn())
         except BaseException as e:
             failed.append(e)
 
-    thread = threading.Thread(target=bind, name=f"bind-in-{netns}")
+    thread = threading.Thread(target=run, name=f"in-{netns}")
     thread.start()
     thread.join()
     if failed:
-        error = failed[0]
+        raise failed[0]
+    return made[0]
+
+
+def bind_in_netns(netns: str, host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` inside the named network namespace."""
+
+    def bind() -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(2048)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    try:
+        return _in_netns(netns, bind)
+    except (OSError, ValueError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise errors.SimError(
             f"cannot listen on {host}:{port} in network namespace {netns}: {reason}"
         ) from error
-    return made[0]
+
+
+def connects_in_netns(netns: str, host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether a TCP connection to ``host:port`` from inside ``netns`` is accepted."""
+
+    def connect() -> bool:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError:
+            return False
+        return True
+
+    return _in_netns(netns, connect)
 
 
 class ApiServer:
