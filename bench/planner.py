@@ -1,17 +1,27 @@
-"""Benchmark of the CIDR planner: 5,000 hosts x 8 interfaces, from scratch and incremental.
+"""Benchmark of the CIDR planner: 10,000 hosts x 8 NICs, from scratch and incremental.
 
-Run: ``.venv/bin/python bench/planner.py`` (``--quick`` for 500 hosts and one round).
+Run: ``.venv/bin/python bench/planner.py`` (``--quick`` for 500 hosts and one
+round; ``--hosts N --nics K`` for other sizes).  The network is picked from the
+sizes: subnet 10.0.0.0/8, interfaceBlock = bits for K NICs, hostBlock = bits
+for 1.25 N + 1 hosts (room for the newcomer and the excluded blocks), the rest
+pod bits.
 
-Baseline, measured in the same run on the same inputs: a naive reference
-planner that produces the same CIDR spec shape by iterating
-``netaddr.IPNetwork.subnet()`` (the n-th /P+I block per network, then the
-pod blocks in sorted host-name order) with no excludes, no stability and no
-problem reporting.  With no excludes and no previous plan, both must give
-identical output (checked), so the ratio is the price of the real planner's
-exclude checks, index bookkeeping and previous-plan adoption over bare block
-carving.  The incremental re-plan (one host joins a 5,000-host plan) is
-compared against the same baseline, since the naive planner can only ever
-plan from scratch.
+Two baselines, each measured in the same run on the same inputs:
+
+* From scratch: a naive reference planner that produces the same CIDR spec
+  shape by iterating ``netaddr.IPNetwork.subnet()`` (the n-th /P+I block per
+  network, then the pod blocks in sorted host-name order) with no excludes,
+  no stability and no problem reporting.  With no excludes and no previous
+  plan, both must give identical output (checked), so the ratio is the price
+  of the real planner's exclude checks and index bookkeeping over bare block
+  carving.  Target: under 1 s at 10,000 x 8.
+* One join / one leave: the from-scratch re-plan with the previous plan
+  (``plan_cidrs(network, hosts, previous)``, what the operator did on every
+  join before the incremental planner), against ``IncrementalPlanner``'s
+  ``add_host`` / ``remove_host`` plus ``result()`` (the whole new plan), and
+  ``sync`` (what the operator calls: diff of the full host list by
+  resourceVersion, then the change).  Both must give the same plan (checked).
+  Target: under 5 ms for one join at 10,000 x 8.
 
 Results are printed and written to ``bench/results/planner.json``.
 """
@@ -19,6 +29,7 @@ Results are printed and written to ``bench/results/planner.json``.
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import platform
@@ -31,6 +42,7 @@ from typing import TypeVar
 
 import netaddr
 
+from multinic_core.incremental import IncrementalPlanner
 from multinic_core.models import (
     CIDREntry,
     CIDRSpec,
@@ -41,21 +53,37 @@ from multinic_core.models import (
     ippool_name,
     load_resource,
 )
-from multinic_core.planner import plan_cidrs, plugin_config
+from multinic_core.planner import PlanResult, plan_cidrs, plugin_config
 
 RESULTS = Path(__file__).parent / "results" / "planner.json"
 SUBNET = "10.0.0.0/8"
-INTERFACE_BLOCK = 3  # 8 interfaces
-HOST_BLOCK = 13  # 8,192 hosts per interface
+MIN_POD_BITS = 2  # a pod block needs addresses besides its network and last address
+INCREMENTAL_ROUNDS = 50
 
 T = TypeVar("T")
 
 
-def make_network(excludes: Sequence[str], interfaces: int) -> MultiNicNetwork:
+def blocks_for(hosts: int, interfaces: int) -> tuple[int, int]:
+    """(interfaceBlock, hostBlock) for the sizes, checked to fit SUBNET."""
+    interface_block = max(1, (interfaces - 1).bit_length())
+    # Room for the newcomer and the excluded blocks of the excludes run (a quarter more).
+    host_block = (hosts + hosts // 4 + 1).bit_length()
+    pod_bits = 32 - netaddr.IPNetwork(SUBNET).prefixlen - interface_block - host_block
+    if pod_bits < MIN_POD_BITS:
+        raise SystemExit(
+            f"{hosts} hosts x {interfaces} NICs do not fit {SUBNET} "
+            f"(interfaceBlock {interface_block} + hostBlock {host_block} leave {pod_bits} pod bits)"
+        )
+    return interface_block, host_block
+
+
+def make_network(
+    excludes: Sequence[str], interfaces: int, interface_block: int, host_block: int
+) -> MultiNicNetwork:
     ipam = {
         "type": "multi-nic-ipam",
-        "hostBlock": HOST_BLOCK,
-        "interfaceBlock": INTERFACE_BLOCK,
+        "hostBlock": host_block,
+        "interfaceBlock": interface_block,
         "vlanMode": "l3",
         "excludeCIDRs": list(excludes),
     }
@@ -79,7 +107,8 @@ def make_host(index: int, interfaces: int) -> HostInterface:
     return load_resource(
         HostInterface,
         {
-            "metadata": {"name": name},
+            # As read from the API: the incremental sync skips hosts by resourceVersion.
+            "metadata": {"name": name, "resourceVersion": str(index + 1)},
             "spec": {
                 "hostName": name,
                 "interfaces": [
@@ -138,9 +167,13 @@ def naive_plan(network: MultiNicNetwork, hosts: Sequence[HostInterface]) -> CIDR
 
 
 def timed(rounds: int, run: Callable[[], T]) -> tuple[list[float], T]:
+    """Times of ``rounds`` runs, each from a collected heap (so that one run's
+    garbage is not the next one's collection), and the last result."""
     times = []
     result: T | None = None
     for _ in range(rounds):
+        result = None
+        gc.collect()
         started = time.perf_counter()
         result = run()
         times.append(time.perf_counter() - started)
@@ -149,86 +182,220 @@ def timed(rounds: int, run: Callable[[], T]) -> tuple[list[float], T]:
 
 
 def summary(times: list[float]) -> dict[str, float]:
-    return {
-        "min_s": round(min(times), 4),
-        "median_s": round(statistics.median(times), 4),
+    result = {
+        "min_s": round(min(times), 6),
+        "median_s": round(statistics.median(times), 6),
         "rounds": len(times),
     }
+    if len(times) >= 20:
+        result["p95_s"] = round(statistics.quantiles(times, n=20)[18], 6)
+    return result
+
+
+def same_plan(got: PlanResult, want: PlanResult) -> bool:
+    return got.spec == want.spec and got.problems == want.problems
+
+
+def pods(result: PlanResult) -> dict[tuple[str, str], str]:
+    return {(e.net_address, h.host_name): h.pod_cidr for e in result.spec.cidr for h in e.hosts}
+
+
+def step_times(rounds: int, steps: Sequence[Callable[[], object]]) -> list[list[float]]:
+    """Run ``steps`` in turn ``rounds`` times; the times of each step."""
+    times: list[list[float]] = [[] for _ in steps]
+    for _ in range(rounds):
+        for step, bucket in zip(steps, times, strict=True):
+            started = time.perf_counter()
+            step()
+            bucket.append(time.perf_counter() - started)
+    return times
+
+
+def bench_excludes(interfaces: int, interface_block: int, host_block: int) -> list[str]:
+    """Realistic excludes: the first 16 host blocks of every interface block
+    (gateways, reserved) and 1/64 of the first interface block."""
+    subnet = netaddr.IPNetwork(SUBNET)
+    vlan_prefix = subnet.prefixlen + interface_block
+    vlan_size = 1 << (32 - vlan_prefix)
+    return [
+        f"{netaddr.IPAddress(subnet.first + k * vlan_size)}/{vlan_prefix + host_block - 4}"
+        for k in range(interfaces)
+    ] + [f"{netaddr.IPAddress(subnet.first + vlan_size // 2)}/{vlan_prefix + 6}"]
+
+
+Timings = dict[str, tuple[list[float], str]]
+
+
+def measure_from_scratch(
+    rounds: int,
+    plain: MultiNicNetwork,
+    with_excludes: MultiNicNetwork,
+    hosts: list[HostInterface],
+    *,
+    timings: Timings,
+    checks: dict[str, object],
+) -> PlanResult:
+    """Full plans against the naive baseline; returns the plain plan."""
+    baseline_times, baseline = timed(rounds, lambda: naive_plan(plain, hosts))
+    timings["baseline_from_scratch"] = (baseline_times, "naive")
+    full_times, full = timed(rounds, lambda: plan_cidrs(plain, hosts))
+    timings["plan_from_scratch"] = (full_times, "naive")
+    checks["from_scratch_equals_baseline"] = full.spec == baseline and not full.problems
+    excludes_times, excluded = timed(rounds, lambda: plan_cidrs(with_excludes, hosts))
+    timings["plan_from_scratch_with_excludes"] = (excludes_times, "naive")
+    checks["with_excludes_problems"] = len(excluded.problems)
+    return full
+
+
+def measure_join_and_leave(
+    rounds: int,
+    plain: MultiNicNetwork,
+    hosts: list[HostInterface],
+    newcomer: HostInterface,
+    full: PlanResult,
+    *,
+    timings: Timings,
+    checks: dict[str, object],
+) -> None:
+    """One join and one leave: the from-scratch re-plan (the old path, the
+    baseline) against the incremental planner, which must give the same plans."""
+    with_newcomer = [*hosts, newcomer]
+    replan_join_times, replanned_join = timed(
+        rounds, lambda: plan_cidrs(plain, with_newcomer, full.spec)
+    )
+    replan_leave_times, replanned_leave = timed(
+        rounds, lambda: plan_cidrs(plain, hosts, replanned_join.spec)
+    )
+    timings["baseline_replan_one_join"] = (replan_join_times, "replan")
+    timings["baseline_replan_one_leave"] = (replan_leave_times, "replan")
+    before, after = pods(full), pods(replanned_join)
+    checks["join_moves_nobody"] = all(after[key] == pod for key, pod in before.items())
+    checks["join_adds_the_newcomer_everywhere"] = len(after) - len(before) == len(
+        newcomer.spec.interfaces
+    )
+
+    build_times, planner = timed(1, lambda: IncrementalPlanner(plugin_config(plain), hosts))
+    timings["incremental_planner_build"] = (build_times, "naive")
+    planner.add_host(newcomer)
+    checks["incremental_join_equals_from_scratch"] = same_plan(planner.result(), replanned_join)
+    planner.remove_host(newcomer.name)
+    checks["incremental_leave_equals_from_scratch"] = same_plan(planner.result(), replanned_leave)
+    planner.sync(with_newcomer)
+    checks["incremental_sync_equals_from_scratch"] = same_plan(planner.result(), replanned_join)
+    planner.sync(hosts)
+
+    def join() -> None:
+        planner.add_host(newcomer)
+        planner.result()
+
+    def leave() -> None:
+        planner.remove_host(newcomer.name)
+        planner.result()
+
+    def sync_join() -> None:
+        planner.sync(with_newcomer)
+        planner.result()
+
+    def sync_leave() -> None:
+        planner.sync(hosts)
+        planner.result()
+
+    gc.collect()
+    join_times, leave_times = step_times(INCREMENTAL_ROUNDS, [join, leave])
+    sync_join_times, sync_leave_times = step_times(INCREMENTAL_ROUNDS, [sync_join, sync_leave])
+    timings["incremental_one_join"] = (join_times, "replan")
+    timings["incremental_one_leave"] = (leave_times, "replan")
+    timings["incremental_sync_one_join"] = (sync_join_times, "replan")
+    timings["incremental_sync_one_leave"] = (sync_leave_times, "replan")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="500 hosts, one round")
-    parser.add_argument("--hosts", type=int, default=None)
-    parser.add_argument("--interfaces", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--hosts", type=int, default=None, help="default 10,000 (500 --quick)")
+    parser.add_argument("--nics", "--interfaces", dest="nics", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=None, help="rounds of each full plan")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    n_hosts = args.hosts or (500 if args.quick else 5000)
+    n_hosts = args.hosts or (500 if args.quick else 10_000)
     rounds = args.rounds or (1 if args.quick else 3)
-    interfaces = args.interfaces
+    interfaces = args.nics
+    if n_hosts < 1 or interfaces < 1:
+        parser.error("--hosts and --nics must be at least 1")
+    interface_block, host_block = blocks_for(n_hosts, interfaces)
 
     started = time.perf_counter()
     hosts = [make_host(i, interfaces) for i in range(n_hosts)]
     newcomer = make_host(n_hosts, interfaces)
     build_s = time.perf_counter() - started
-    plain = make_network([], interfaces)
-    # Realistic excludes: the first /24 of every interface block (gateways, reserved).
+    plain = make_network([], interfaces, interface_block, host_block)
     with_excludes = make_network(
-        [f"10.{32 * k}.0.0/21" for k in range(interfaces)] + ["10.1.0.0/16"], interfaces
+        bench_excludes(interfaces, interface_block, host_block),
+        interfaces,
+        interface_block,
+        host_block,
     )
-    print(f"inputs: {n_hosts} hosts x {interfaces} interfaces (built in {build_s:.2f}s)")
-
-    baseline_times, baseline = timed(rounds, lambda: naive_plan(plain, hosts))
-    full_times, full = timed(rounds, lambda: plan_cidrs(plain, hosts))
-    identical = full.spec == baseline and not full.problems
-    incremental_times, incremental = timed(
-        rounds, lambda: plan_cidrs(plain, [*hosts, newcomer], full.spec)
+    print(
+        f"inputs: {n_hosts} hosts x {interfaces} NICs, subnet {SUBNET}, interfaceBlock "
+        f"{interface_block}, hostBlock {host_block} (built in {build_s:.2f}s)"
     )
-    before = {(e.net_address, h.host_name): h.pod_cidr for e in full.spec.cidr for h in e.hosts}
-    after = {
-        (e.net_address, h.host_name): h.pod_cidr for e in incremental.spec.cidr for h in e.hosts
-    }
-    stable = all(after[key] == pod for key, pod in before.items())
-    joined = len(after) - len(before) == interfaces
-    excludes_times, excluded = timed(rounds, lambda: plan_cidrs(with_excludes, hosts))
 
-    base = min(baseline_times)
-    timings = {
-        "baseline_from_scratch": baseline_times,
-        "plan_from_scratch": full_times,
-        "plan_incremental_one_join": incremental_times,
-        "plan_from_scratch_with_excludes": excludes_times,
+    timings: Timings = {}
+    checks: dict[str, object] = {}
+    full = measure_from_scratch(rounds, plain, with_excludes, hosts, timings=timings, checks=checks)
+    measure_join_and_leave(rounds, plain, hosts, newcomer, full, timings=timings, checks=checks)
+
+    bases = {
+        "naive": min(timings["baseline_from_scratch"][0]),
+        "replan": min(timings["baseline_replan_one_join"][0]),
     }
-    ratios = {name: round(min(times) / base, 2) for name, times in timings.items()}
-    checks = {
-        "from_scratch_equals_baseline": identical,
-        "incremental_moves_nobody": stable,
-        "incremental_adds_the_newcomer_everywhere": joined,
-        "with_excludes_problems": len(excluded.problems),
+    ratios = {name: round(min(times) / bases[base], 4) for name, (times, base) in timings.items()}
+    targets = {
+        "from_scratch_under_1s": statistics.median(timings["plan_from_scratch"][0]) < 1.0,
+        "one_join_under_5ms": statistics.median(timings["incremental_one_join"][0]) < 0.005,
     }
     results = {
         "benchmark": "planner",
         "hosts": n_hosts,
-        "interfaces": interfaces,
+        "nics": interfaces,
+        "network": {"subnet": SUBNET, "interfaceBlock": interface_block, "hostBlock": host_block},
         "quick": args.quick,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "baseline": "naive subnet() iteration, same output shape, no excludes/stability",
-        "timings": {name: summary(times) for name, times in timings.items()},
+        "baselines": {
+            "naive": "naive subnet() iteration, same output shape, no excludes/stability",
+            "replan": "plan_cidrs(network, hosts + newcomer, previous): the from-scratch re-plan",
+        },
+        "timings": {name: summary(times) for name, (times, _) in timings.items()},
         "ratios_vs_baseline": ratios,
         "checks": checks,
+        "targets": targets,
     }
-    for name, times in timings.items():
+    order = [
+        "baseline_from_scratch",
+        "plan_from_scratch",
+        "plan_from_scratch_with_excludes",
+        "incremental_planner_build",
+        "baseline_replan_one_join",
+        "baseline_replan_one_leave",
+        "incremental_one_join",
+        "incremental_one_leave",
+        "incremental_sync_one_join",
+        "incremental_sync_one_leave",
+    ]
+    for name in order:
+        times, base = timings[name]
         print(
-            f"{name:34s} min {min(times):.3f}s  median {statistics.median(times):.3f}s"
-            f"  ({ratios[name]}x baseline)"
+            f"{name:32s} min {min(times) * 1000:9.3f} ms  median "
+            f"{statistics.median(times) * 1000:9.3f} ms  ({ratios[name]}x {base} baseline)"
         )
     print(f"checks: {checks}")
+    print(f"targets: {targets}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written {args.output}")
-    return 0 if identical and stable and joined else 1
+    correct = all(value is True for key, value in checks.items() if key != "with_excludes_problems")
+    return 0 if correct else 1
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """The CIDR planner: one address block per host per NIC (SPEC section 2).
 
 ``plan_cidrs`` is a pure function of a ``MultiNicNetwork``, the hosts'
-``HostInterface`` objects and the previous plan.  The operator calls it on
-every spec change and every (batched) host join or leave, the ``multinic plan``
-command calls it once; both write the result as the network's ``CIDR`` object.
+``HostInterface`` objects and the previous plan: the reference.  The
+``multinic plan`` command calls it once; the operator plans through
+``multinic_core.incremental.IncrementalPlanner``, which starts from it and
+then replans only the hosts that join, leave or change (same results).
 
 Bit layout of the global subnet (prefix P)::
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 import netaddr
 from netaddr.strategy import ipv4, ipv6
@@ -125,6 +126,10 @@ class ExcludeSet:
     def _mask(self, length: int) -> int:
         return ((1 << length) - 1) << (self.width - length)
 
+    def may_cover(self, prefixlen: int) -> bool:
+        """Whether any exclude is wide enough to make a /``prefixlen`` block unusable."""
+        return bool(self._levels) and self._levels[0][0] <= prefixlen
+
     def covering(self, network: int, prefixlen: int) -> tuple[int, str] | None:
         """The exclude that makes block ``network/prefixlen`` unusable, if any.
 
@@ -163,6 +168,7 @@ class IndexSpace:
         self.block_prefixlen = prefixlen + bits
         self._shift = width - self.block_prefixlen
         self._excludes = excludes
+        self._may_exclude = excludes.may_cover(self.block_prefixlen)
 
     def block(self, index: int) -> int:
         """Network address of block ``index``; PlanError when it does not fit the bits."""
@@ -186,7 +192,7 @@ class IndexSpace:
             return f"index {index} is out of range for {self.bits} bits"
         if index in used:
             return f"index {index} is taken twice"
-        exclude = self.excluded_by(index)
+        exclude = self.excluded_by(index) if self._may_exclude else None
         if exclude is not None:
             return f"{self.block_cidr(index)} is now excluded by {exclude}"
         return None
@@ -198,6 +204,8 @@ class IndexSpace:
             if index in used:
                 index += 1
                 continue
+            if not self._may_exclude:
+                return index
             hit = self._excludes.covering(self.block(index), self.block_prefixlen)
             if hit is None:
                 return index
@@ -247,8 +255,9 @@ class HostIndexAllocator:
 # --------------------------------------------------------------------------- inputs
 
 
-@dataclass(frozen=True)
-class _Nic:
+class _Nic(NamedTuple):
+    """The NIC that carries a host's block on one network (a tuple: built 10,000s of times)."""
+
     interface_name: str
     host_ip: str
 
@@ -298,6 +307,29 @@ def _host_name(host: HostInterface) -> str:
     return host.spec.host_name or host.metadata.name
 
 
+def _checked_name(host: HostInterface) -> str:
+    name = _host_name(host)
+    if not name:
+        raise PlanError("a HostInterface has neither spec.hostName nor metadata.name")
+    return name
+
+
+def _host_nics(
+    host: HostInterface, names: _NetworkNames
+) -> dict[tuple[int, int, int], tuple[netaddr.IPNetwork, _Nic]]:
+    """The host's networks (by key), each with the NIC that carries its block there.
+
+    A second NIC on the same network is not a second member; the first one
+    listed carries the host's block.  NICs without a (valid) network are skipped.
+    """
+    nics: dict[tuple[int, int, int], tuple[netaddr.IPNetwork, _Nic]] = {}
+    for nic in host.spec.interfaces:
+        known = names.parse_keyed(nic.net_address)
+        if known is not None and known[1] not in nics:
+            nics[known[1]] = (known[0], _Nic(nic.interface_name, nic.host_ip.partition("/")[0]))
+    return nics
+
+
 def _collect_members(
     hosts: Sequence[HostInterface], names: _NetworkNames
 ) -> tuple[dict[tuple[int, int, int], _Network], list[str]]:
@@ -306,26 +338,16 @@ def _collect_members(
     host_names: list[str] = []
     seen: set[str] = set()
     for host in hosts:
-        name = _host_name(host)
-        if not name:
-            raise PlanError("a HostInterface has neither spec.hostName nor metadata.name")
+        name = _checked_name(host)
         if name in seen:
             raise PlanError(f"HostInterface hostName {name!r} is given twice")
         seen.add(name)
         host_names.append(name)
-        for nic in host.spec.interfaces:
-            known = names.parse_keyed(nic.net_address)
-            if known is None:
-                continue
-            net, key = known
+        for key, (net, nic) in _host_nics(host, names).items():
             network = found.get(key)
             if network is None:
                 network = found[key] = _Network(net, str(net))
-            # A second NIC on the same network is not a second member; the
-            # first one listed carries the host's block.
-            if name not in network.members:
-                host_ip = nic.host_ip.partition("/")[0]
-                network.members[name] = _Nic(nic.interface_name, host_ip)
+            network.members[name] = nic
     return found, host_names
 
 
@@ -420,6 +442,14 @@ class _Planner:
                 log.warning("previous plan entry %r is not a network; ignored", entry.net_address)
                 continue
             self.previous.setdefault(_network_key(net), entry)
+        # Interface indexes to keep where still valid (the incremental planner sets its own).
+        self.previous_interface = {
+            key: entry.interface_index for key, entry in self.previous.items()
+        }
+        # What ``plan`` found and placed, for the incremental planner to continue from.
+        self.found: dict[tuple[int, int, int], _Network] = {}
+        self.targets_list: list[_Network] = []
+        self.placed: list[tuple[_Network, int]] = []
 
     def exclude_set(self, version: int) -> ExcludeSet:
         if version not in self._exclude_sets:
@@ -464,21 +494,19 @@ class _Planner:
         used: set[int] = set()
         index_of: dict[str, int] = {}
         for network in networks:
-            prev = self.previous.get(_network_key(network.net))
-            if prev is None:
+            previous = self.previous_interface.get(_network_key(network.net))
+            if previous is None:
                 continue
             reason = (
-                space.unusable_reason(prev.interface_index, used)
+                space.unusable_reason(previous, used)
                 if space is not None
                 else (
-                    f"index {prev.interface_index} is taken twice"
-                    if prev.interface_index in used or prev.interface_index < 0
-                    else None
+                    f"index {previous} is taken twice" if previous in used or previous < 0 else None
                 )
             )
             if reason is None:
-                used.add(prev.interface_index)
-                index_of[network.net_address] = prev.interface_index
+                used.add(previous)
+                index_of[network.net_address] = previous
             else:
                 self.renumbered.add(network.net_address)
                 self.problem(
@@ -589,14 +617,7 @@ class _Planner:
         for name in sorted(n for n in members if n not in kept):
             index = allocator.allocate()
             if index is None:
-                self.problem(
-                    "host-unplaced",
-                    network.net_address,
-                    f"host {name} gets no block on {network.net_address}: {vlan_cidr} is full "
-                    f"(hostBlock {self.config.host_block} allows {space.size} hosts, "
-                    "excluded blocks included)",
-                    name,
-                )
+                self.problems.append(host_unplaced(self.config, network, vlan_cidr, space, name))
                 continue
             indexes[name] = index
             if name in moved:
@@ -607,24 +628,14 @@ class _Planner:
                     f"{space.block_cidr(index)}: {moved[name]}",
                     name,
                 )
-        infos: list[HostInterfaceInfo] = []
+        infos: list[dict[str, Any]] = []
         resized = 0
         prefix = space.block_prefixlen
-        for name, index in sorted(indexes.items(), key=lambda item: item[1]):
-            nic = members[name]
-            pod_cidr = _format_block(space.block(index), prefix, space.version)
-            if name in kept and not _same_network(previous.pod_cidr[name], pod_cidr):
+        for index, name in sorted((index, name) for name, index in indexes.items()):
+            info = block_fields(self.config.name, space, index, name, members[name])
+            if name in kept and not _same_network(previous.pod_cidr[name], info["pod_cidr"]):
                 resized += 1
-            infos.append(
-                HostInterfaceInfo(
-                    host_index=index,
-                    host_name=name,
-                    interface_name=nic.interface_name,
-                    host_ip=nic.host_ip,
-                    pod_cidr=pod_cidr,
-                    ippool=ippool_name(self.config.name, pod_cidr),
-                )
-            )
+            infos.append(info)
         if resized and network.net_address not in self.renumbered:
             self.problem(
                 "network-renumbered",
@@ -632,26 +643,29 @@ class _Planner:
                 f"pod blocks of {resized} host(s) on {network.net_address} moved with the "
                 f"plan's subnet or block sizes (vlanCIDR now {vlan_cidr}, pod blocks /{prefix})",
             )
-        return CIDREntry(
-            net_address=network.net_address,
-            interface_index=interface_index,
-            vlan_cidr=vlan_cidr,
-            hosts=infos,
+        # One validation of the whole entry: cheaper than one per host.
+        return CIDREntry.model_validate(
+            {
+                "net_address": network.net_address,
+                "interface_index": interface_index,
+                "vlan_cidr": vlan_cidr,
+                "hosts": infos,
+            }
         )
 
     def plan(self, hosts: Sequence[HostInterface]) -> PlanResult:
         found, host_names = _collect_members(hosts, self.names)
+        # Problems are in host-name order, whatever the order of ``hosts``.
+        host_names.sort()
+        self.found = found
+        self.targets_list = self.targets(found)
+        self.placed = self.interface_indexes(self.targets_list)
         entries: list[CIDREntry] = []
-        for network, interface_index in self.interface_indexes(self.targets(found)):
+        for network, interface_index in self.placed:
             entries.append(self.entry(network, interface_index))
-            for name in host_names:
-                if name not in network.members:
-                    self.problem(
-                        "nic-missing",
-                        network.net_address,
-                        f"host {name} has no NIC on {network.net_address}",
-                        name,
-                    )
+            self.problems.extend(
+                nic_missing(network, name) for name in host_names if name not in network.members
+            )
         spec = CIDRSpec(config=self.config.model_copy(deep=True), cidr=entries)
         log.info(
             "plan %s: %d interface entries, %d host blocks, %d problems",
@@ -661,6 +675,51 @@ class _Planner:
             len(self.problems),
         )
         return PlanResult(spec=spec, problems=list(self.problems))
+
+
+def block_fields(
+    network_name: str, space: IndexSpace, index: int, name: str, nic: _Nic
+) -> dict[str, Any]:
+    """Host ``name``'s block ``index`` of an interface entry: the ``HostInterfaceInfo`` fields."""
+    pod_cidr = _format_block(space.block(index), space.block_prefixlen, space.version)
+    return {
+        "host_index": index,
+        "host_name": name,
+        "interface_name": nic.interface_name,
+        "host_ip": nic.host_ip,
+        "pod_cidr": pod_cidr,
+        "ippool": ippool_name(network_name, pod_cidr),
+    }
+
+
+def block_info(
+    network_name: str, space: IndexSpace, index: int, name: str, nic: _Nic
+) -> HostInterfaceInfo:
+    """Host ``name``'s block ``index`` of an interface entry, as the plan lists it."""
+    return HostInterfaceInfo.model_validate(block_fields(network_name, space, index, name, nic))
+
+
+def host_unplaced(
+    config: PluginConfig, network: _Network, vlan_cidr: str, space: IndexSpace, name: str
+) -> PlanProblem:
+    """The ``host-unplaced`` problem of host ``name`` on a full interface entry."""
+    return PlanProblem(
+        "host-unplaced",
+        network.net_address,
+        f"host {name} gets no block on {network.net_address}: {vlan_cidr} is full "
+        f"(hostBlock {config.host_block} allows {space.size} hosts, excluded blocks included)",
+        name,
+    )
+
+
+def nic_missing(network: _Network, name: str) -> PlanProblem:
+    """The ``nic-missing`` problem of a host without a NIC on an entry's network."""
+    return PlanProblem(
+        "nic-missing",
+        network.net_address,
+        f"host {name} has no NIC on {network.net_address}",
+        name,
+    )
 
 
 def _same_network(old: str, new: str) -> bool:
