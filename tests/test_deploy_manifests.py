@@ -308,3 +308,64 @@ def test_values_move_images_config_and_rbac() -> None:
 @needs_helm
 def test_every_builtin_object_is_valid_for_a_current_kubernetes() -> None:
     assert_builtin_objects_valid(render_chart("createNamespace=true"))
+
+
+# --------------------------------------------------------------------------- health ports
+
+
+def _health_port(container: dict[str, Any]) -> int:
+    """The port the container's command serves /healthz, /readyz and /metrics on."""
+    from multinic_core.health import parse_bind_address
+
+    command = container["command"]
+    bind = parse_bind_address(command[command.index("--health-address") + 1])
+    assert bind is not None
+    assert bind.host == "", "the probes reach the pod's own address"
+    return bind.port
+
+
+def assert_probes_reach_the_health_port(pod_template: dict[str, Any], port: int) -> None:
+    container = pod_template["spec"]["containers"][0]
+    assert _health_port(container) == port
+    assert container["ports"] == [{"name": "health", "containerPort": port, "protocol": "TCP"}]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    annotations = pod_template["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(port)
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_the_operator_probes_reach_the_port_it_serves(rendered: list[dict[str, Any]]) -> None:
+    from multinic_operator.cli import DEFAULT_HEALTH_ADDRESS
+
+    deployment = _one(rendered, "Deployment", "multinic-operator")
+    assert_probes_reach_the_health_port(deployment["spec"]["template"], 9740)
+    assert DEFAULT_HEALTH_ADDRESS == ":9740"
+
+
+def test_the_agent_daemonset_from_the_deployed_config_is_valid_and_probes_its_port(
+    rendered: list[dict[str, Any]],
+) -> None:
+    """The operator renders the agent DaemonSet from the Config in deploy/: check that one."""
+    from multinic_agent.cli import DEFAULT_HEALTH_ADDRESS
+    from multinic_core.models import Config, load_resource
+    from multinic_operator.agent import agent_daemonset
+
+    config = load_resource(Config, _one(rendered, "Config", "multi-nicd"))
+    daemonset = agent_daemonset(config, "multinic-system")
+    kubernetes_validate.validate(copy.deepcopy(daemonset), KUBERNETES_VERSION, strict=True)
+    template = daemonset["spec"]["template"]
+    assert_probes_reach_the_health_port(template, config.spec.daemon.port)
+    # A journal replay may take a while: liveness counts only after the startup probe.
+    startup = template["spec"]["containers"][0]["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 120
+    # The agent run by hand serves the same port the Config's default names.
+    assert f":{Config().spec.daemon.port}" == DEFAULT_HEALTH_ADDRESS
+
+
+@needs_helm
+def test_values_move_the_operator_health_port() -> None:
+    deployment = next(
+        o for o in render_chart("operator.healthPort=9999") if o["kind"] == "Deployment"
+    )
+    assert_probes_reach_the_health_port(deployment["spec"]["template"], 9999)

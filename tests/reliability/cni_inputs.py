@@ -270,7 +270,7 @@ def broken_invocation(
         if kind == "large within the limit":
             size = draw(st.sampled_from([MAX_CONFIG_BYTES]) | st.integers(16_384, MAX_CONFIG_BYTES))
         elif FILLERS[filler][1] == 1 and draw(st.booleans()):
-            # Beyond the shim's own limit (characters): the shim answers, naming it.
+            # Beyond the shim's own limit (bytes): the shim answers, naming it.
             size = SHIM_LIMIT + draw(st.integers(1, 1024))
         else:
             # At most 1.25 MiB: even escaped 3-fold on the wire, the request stays
@@ -312,7 +312,7 @@ FILLERS = {
 """How a case grows to its size (filler, bytes each): a long string of 1-4-byte
 characters (the limit counts bytes), whitespace between tokens, or escaped quotes."""
 SHIM_LIMIT = 4 * 1024 * 1024
-"""The shims' own bound on stdin (characters; ``multinic_agent.shim.MAX_MESSAGE``)."""
+"""The shims' own bound on stdin (bytes; ``multinic_agent.shim.MAX_STDIN``)."""
 BAD_NUMBERS = ["1e999999", "-1e999999", "1E400", "NaN", "Infinity", "-Infinity"]
 BAD_NUMBERS += ["9" * 4301, "-" + "1" * 5000]
 """Not a JSON number a 64-bit float or the agent's integers hold (or no JSON at all)."""

@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
+from multinic_agent import wire
 from multinic_agent.cni_server import CniServer
 from multinic_agent.node_state import FileNodeState
 from multinic_agent.records import RecordStore
@@ -224,9 +225,13 @@ number no float holds, a lone surrogate (no UTF-8), a raw NUL, over 1 MiB."""
 
 
 def wire_request(command: str, stdin: str) -> bytes:
-    """A well-formed request line of the shim's wire protocol (a raw surrogate escaped)."""
-    message = {"env": {"CNI_COMMAND": command, "CNI_CONTAINERID": "c1"}, "stdin": stdin}
-    return json.dumps(message).encode()
+    """A well-formed request of the shim's wire protocol (a surrogate no pipe can
+    carry, U+D800, sent as the bytes of its UTF-8 form)."""
+    try:
+        raw = stdin.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = stdin.encode("utf-8", "surrogatepass")
+    return wire.encode_request({"CNI_COMMAND": command, "CNI_CONTAINERID": "c1"}, raw)
 
 
 @pytest.mark.root
@@ -237,26 +242,27 @@ def test_garbage_on_the_agent_socket_is_a_decode_error(
 
     @fuzz_settings(max(20, FUZZ_EXAMPLES // 10))
     @given(
-        st.binary(max_size=200).filter(lambda b: b"\n" not in b)
+        st.binary(max_size=200)
         | st.just(b"{" * 5000)
+        # the shims' old JSON-line protocol, and a request cut short
+        | st.just(b'{"env": {"CNI_COMMAND": "ADD"}, "stdin": "{}"}\n')
+        | st.binary(max_size=30).map(lambda b: wire.encode_request({}, b"{}")[: len(b)])
         | st.builds(wire_request, st.sampled_from(COMMANDS), st.sampled_from(HOSTILE_STDIN))
     )
     def run(garbage: bytes) -> None:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(10)
             conn.connect(str(agent.socket))
-            conn.sendall(garbage + b"\n")
+            conn.sendall(garbage)
+            conn.shutdown(socket.SHUT_WR)  # the end of the request, as the shims send it
             reply = b""
-            while not reply.endswith(b"\n"):
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
+            while chunk := conn.recv(65536):
                 reply += chunk
-        message = json.loads(reply)
-        assert message["exit"] == 1, message
-        error = json.loads(message["stdout"])
+        status, stdout, stderr = wire.decode_reply(reply)
+        assert (status, stderr) == (1, b""), reply
+        error = json.loads(stdout)
         assert error["code"] in ERROR_CODES, error
-        if garbage.startswith(b'{"env": '):
+        if garbage.startswith(wire.MAGIC + b"CNI_COMMAND="):
             assert error["code"] == 6, (garbage[:200], error)
             assert "\n" not in error["msg"], error
             answered["hostile config"] += 1

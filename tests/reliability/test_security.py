@@ -3,9 +3,11 @@ before they reach netlink, a subprocess or the file system.
 
 Proven elsewhere (not repeated here):
 * the agent's socket is 0600, root-owned, in a 0700 directory, and the agent
-  has no TCP listener: packages/multinic-agent/tests/test_node_attach.py::
-  test_socket_is_root_only_and_no_tcp_listener (and again after every restart
-  of the crash storm, test_crash_storm.py);
+  has no TCP listener but its health port (/healthz, /readyz, /metrics only):
+  packages/multinic-agent/tests/test_node_attach.py::
+  test_socket_is_root_only_and_no_tcp_listener_but_the_health_port (and again
+  after every restart of the crash storm, test_crash_storm.py) and
+  packages/multinic-agent/tests/test_health_metrics.py;
 * the route reconciler never uses the main/local/default tables:
   packages/multinic-agent/tests/test_host_routes.py::test_system_tables_are_never_used;
 * RBAC in deploy/ is least privilege: packages/multinic-operator/tests/test_rbac.py;

@@ -169,6 +169,8 @@ class Agent:
     workdir: Path
     process: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
+    options: list[str] = field(default_factory=list)
+    """Extra agent options (``--exec-delegates``...), given at the next start."""
 
     def __post_init__(self) -> None:
         self.log_path = self.workdir / "agent.log"
@@ -206,6 +208,7 @@ class Agent:
             SYSTEM_CNI,
             "--log-level",
             "DEBUG",
+            *self.options,
             "run",
         ]
 

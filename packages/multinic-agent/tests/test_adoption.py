@@ -150,7 +150,8 @@ def test_adopted_predecessor_addresses_are_never_handed_out(
     state_dir.mkdir()
     cni_path = delegates_in(host, tmp_path / "delegates")
     state = {"nics": NICS, "ippools": predecessor_pools()}
-    server = cni_server(state_dir, state, cni_path=(SYSTEM_CNI,))
+    # Exec'd delegates: the wrapper moves them into the host's namespace.
+    server = cni_server(state_dir, state, cni_path=(SYSTEM_CNI,), exec_delegates=True)
     everything = adopted_addresses()
     assert len(everything) == 2 * PREDECESSORS
     try:
@@ -231,6 +232,7 @@ def test_adopted_predecessor_addresses_are_never_handed_out(
         journal=AllocationJournal(state_dir),
         records=RecordStore(state_dir),
         cni_path=(SYSTEM_CNI,),
+        exec_delegates=True,
     )
     try:
         assert held_adopted(restarted.journal) == everything - mine

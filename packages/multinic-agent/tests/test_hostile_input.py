@@ -15,6 +15,7 @@ both installed shims and the real agent socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -27,6 +28,8 @@ from typing import Any
 
 import pytest
 
+from multinic_agent import agent as agent_module
+from multinic_agent import wire
 from multinic_agent.cni_server import CniServer, nests_deeper_than
 
 from .conftest import CNI_ENV, NICS, POOLS, SERVER_NETCONF, Agent, Runtime, cni_server
@@ -35,7 +38,7 @@ MIB = 1024 * 1024
 MAX_BYTES = MIB
 MAX_DEPTH = 64
 SHIM_LIMIT = 4 * MIB
-"""The shims' own bound on stdin (characters), answered by the shim itself."""
+"""The shims' own bound on stdin (bytes), answered by the shim itself."""
 CONFIG = json.dumps({**SERVER_NETCONF, "cniVersion": "1.1.0"})
 COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
 DEPTH_WORDS = f"network config nests arrays and objects more than {MAX_DEPTH} levels deep"
@@ -233,6 +236,39 @@ def test_the_limits_are_checked_in_linear_time(server: CniServer, stdin: str) ->
     assert elapsed < 2.0, elapsed
 
 
+def test_a_request_never_finished_is_dropped_and_the_socket_serves_on(
+    server: CniServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that starts a request and never ends it holds its connection for
+    REQUEST_TIMEOUT_S at most (no reply: it sent no request); the others are served."""
+    monkeypatch.setattr(agent_module, "REQUEST_TIMEOUT_S", 0.3)
+    listener = agent_module.AgentSocket(server, tmp_path / "run" / "agent.sock")
+
+    async def scenario() -> tuple[bytes, float, bytes]:
+        await listener.start()
+        try:
+            stalled_reader, stalled = await asyncio.open_unix_connection(str(listener.path))
+            stalled.write(wire.MAGIC + b"CNI_COMMAND=DEL\0")  # ... and nothing more
+            reader, writer = await asyncio.open_unix_connection(str(listener.path))
+            writer.write(wire.encode_request({"CNI_COMMAND": "VERSION"}, b"{}"))
+            writer.write_eof()
+            served = await reader.read()
+            start = time.perf_counter()
+            dropped = await asyncio.wait_for(stalled_reader.read(), 10)
+            waited = time.perf_counter() - start
+            stalled.close()
+            writer.close()
+            return dropped, waited, served
+        finally:
+            await listener.stop()
+
+    dropped, waited, served = asyncio.run(scenario())
+    assert dropped == b""
+    assert waited < 5, waited
+    status, stdout, _ = wire.decode_reply(served)
+    assert (status, json.loads(stdout)["cniVersion"]) == (0, "1.1.0")
+
+
 # ------------------------------------------------------------------ through the shim
 
 LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ \S+: ")
@@ -285,9 +321,9 @@ def test_hostile_config_through_the_shim_and_the_agent_socket(shim: Path, agent:
 def test_an_endless_request_on_the_socket_is_cut_off_with_a_decode_error(
     agent: Agent, installed_shim: Path
 ) -> None:
-    """The agent reads a request line up to its limit (4 MiB), then drops at most
-    7x that (a shim's largest escaped request) and stops: a client that never
-    ends its line gets code 6, and its writes then fail."""
+    """The agent reads a request up to its limit (8 MiB: twice the shims' largest
+    stdin) and stops: a client that never ends its request gets code 6, and its
+    writes then fail."""
     sent = 0
     failure: list[OSError] = []
     reply = b""
@@ -299,7 +335,7 @@ def test_an_endless_request_on_the_socket_is_cut_off_with_a_decode_error(
             nonlocal sent
             chunk = b"x" * 65536
             try:
-                conn.sendall(b'{"env": {"CNI_COMMAND": "ADD"}, "stdin": "')
+                conn.sendall(wire.encode_request({"CNI_COMMAND": "ADD"}, b'{"x": "'))
                 while sent < 64 * MIB:
                     conn.sendall(chunk)
                     sent += len(chunk)
@@ -308,34 +344,36 @@ def test_an_endless_request_on_the_socket_is_cut_off_with_a_decode_error(
 
         writer = threading.Thread(target=flood)
         writer.start()
-        while not reply.endswith(b"\n"):
-            data = conn.recv(65536)
-            if not data:
-                break
-            reply += data
+        # The reply is read first; then the agent's close of a connection it did
+        # not read to the end resets it.
+        with contextlib.suppress(ConnectionResetError):
+            while data := conn.recv(65536):
+                reply += data
         writer.join(60)
     assert not writer.is_alive()
-    message = json.loads(reply)
-    assert message["exit"] == 1
-    error = json.loads(message["stdout"])
+    status, stdout, _ = wire.decode_reply(reply)
+    assert status == 1
+    error = json.loads(stdout)
     assert error["code"] == 6, error
-    assert "\n" not in error["msg"]
+    assert error["msg"] == (
+        f"network config exceeds {MAX_BYTES} bytes (the agent's limit): "
+        f"its request is over {wire.MAX_REQUEST} bytes"
+    )
     # The agent stopped reading: the flood ended with a closed connection, not at 64 MiB.
     assert failure, f"the agent read all {sent} bytes"
     assert isinstance(failure[0], (BrokenPipeError, ConnectionResetError)), failure
-    assert sent < 32 * MIB, sent
+    assert sent < 16 * MIB, sent
     assert agent.process is not None
     assert agent.process.poll() is None
     assert Runtime(installed_shim, agent).delete("after-flood", "").status == 0
 
 
 @pytest.mark.root
-def test_a_config_escaped_beyond_the_socket_limit_is_a_decode_error(
-    shim: Path, agent: Agent
-) -> None:
-    """1.25 MiB of escaped quotes is 2.5 MiB of config and 5 MiB on the wire."""
+def test_a_config_within_the_shims_limit_is_refused_by_the_agents(shim: Path, agent: Agent) -> None:
+    """2.5 MiB of escaped quotes (within the shims' 4 MiB) reaches the agent whole,
+    which refuses it by its own 1 MiB bound, naming it."""
     raw = with_member(b'"' + b'\\"' * (1280 * 1024) + b'"')
-    assert len(raw) <= SHIM_LIMIT
+    assert MAX_BYTES < len(raw) <= SHIM_LIMIT
     env = Runtime(shim, agent).env("ADD", "c1", "/var/run/netns/none")
     status, stdout, _ = exec_shim(shim, env, raw)
     assert_decode_error(status, json.loads(stdout), SIZE_WORDS)

@@ -1,5 +1,6 @@
 """A node end to end: the shim exec'd like a runtime does, the agent in a host
-namespace with veth NICs, the real Debian delegates (macvlan + static IPAM),
+namespace with veth NICs, the macvlan delegates (in the agent's process, the
+default; the tests that inject failing binaries exec the real Debian ones),
 and what a user would see in the pod's namespace and on the host.
 """
 
@@ -186,6 +187,9 @@ def test_failure_on_the_second_nic_rolls_everything_back(
     runtime: Any, pods: Any, agent: Any, tmp_path: Path
 ) -> None:
     runtime.cni_path = failing_second_nic(tmp_path / "failing")
+    agent.stop()
+    agent.options = ["--exec-delegates"]  # the injected failure is a binary
+    agent.start()
     pod = pods.new()
     outcome = runtime.add("c1", pod)
     assert outcome.status == 1
@@ -243,7 +247,7 @@ def test_bad_input_through_the_shim(runtime: Any, pods: Any, stdin: str, code: i
     assert "Traceback" not in outcome.stdout + outcome.stderr
 
 
-def test_socket_is_root_only_and_no_tcp_listener(agent: Any) -> None:
+def test_socket_is_root_only_and_no_tcp_listener_but_the_health_port(agent: Any) -> None:
     assert agent.process is not None
     info = os.stat(agent.socket)
     assert stat.S_ISSOCK(info.st_mode)
@@ -251,10 +255,13 @@ def test_socket_is_root_only_and_no_tcp_listener(agent: Any) -> None:
     assert info.st_uid == 0
     assert stat.S_IMODE(os.stat(agent.socket.parent).st_mode) == 0o700
     marker = f"pid={agent.process.pid},"
-    for netns in (agent.host.netns, None):
+    for netns, ports in ((agent.host.netns, {"11000"}), (None, set())):
         prefix = ["ip", "netns", "exec", netns] if netns else []
         tcp = subprocess.run([*prefix, "ss", "-ltnpH"], capture_output=True, text=True, check=True)
-        assert marker not in tcp.stdout
+        # Only /healthz, /readyz and /metrics (test_health_metrics.py): no CNI over TCP.
+        listening = {line.split()[3].rsplit(":", 1)[1] for line in tcp.stdout.splitlines()
+                     if marker in line}  # fmt: skip
+        assert listening == ports
     # positive control: ss does see the agent's unix socket (in its namespace)
     unix = subprocess.run(
         ["ip", "netns", "exec", agent.host.netns, "ss", "-lxpH"],
@@ -383,6 +390,9 @@ def test_failed_delegate_del_keeps_the_record_for_the_retry(
     )
     (wrappers / "macvlan").chmod(0o755)
     runtime.cni_path = str(wrappers)
+    agent.stop()
+    agent.options = ["--exec-delegates"]  # the refusing DEL is a binary
+    agent.start()
     pod = pods.new()
     assert runtime.add("c1", pod).status == 0
     refuse.touch()

@@ -2,6 +2,8 @@
 
 Every test of an installed shim runs against the Python shim and the compiled
 one (``shim.c``), expecting the same (the ``shim`` fixture of conftest.py).
+The shim is a pipe (:mod:`multinic_agent.wire`); what it answers on its own
+is only what the agent cannot: no agent, a refused socket, a malformed reply.
 """
 
 from __future__ import annotations
@@ -16,11 +18,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from multinic_agent import shim as shim_module
+from multinic_agent import wire
 from multinic_agent.cli import install_shim, shim_program
+from multinic_agent.shim import SUPPORTED_VERSIONS
+
+from .conftest import Agent, Runtime
 
 CONFIG = json.dumps({"cniVersion": "0.4.0", "name": "demo", "type": "multi-nic"})
 
@@ -101,13 +108,42 @@ def test_shim_for_another_interpreter_is_its_source() -> None:
     assert program.split("\n", 1)[1] == Path(shim_module.__file__).read_text().split("\n", 1)[1]
 
 
-def test_version_is_answered_without_an_agent(installed: Path, tmp_path: Path) -> None:
+def test_version_without_an_agent_is_the_fixed_list(installed: Path, tmp_path: Path) -> None:
+    """The shim reads no config: out of the agent's reach it answers in the latest version."""
     done = run_shim(installed, "VERSION", tmp_path / "absent.sock")
-    assert done.returncode == 0
+    assert (done.returncode, done.stderr) == (0, "")
     assert json.loads(done.stdout) == {
-        "cniVersion": "0.4.0",
+        "cniVersion": "1.1.0",
         "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"],
     }
+    assert list(json.loads(shim_module.VERSIONS)["supportedVersions"]) == list(SUPPORTED_VERSIONS)
+    # A socket that is refused is out of reach too; an unreadable stdin is not.
+    plain = tmp_path / "plain.sock"
+    plain.write_text("")
+    assert run_shim(installed, "VERSION", plain).stdout == done.stdout
+    too_large = run_shim(
+        installed, "VERSION", tmp_path / "absent.sock", "x" * (4 * 1024 * 1024 + 1)
+    )
+    assert (too_large.returncode, json.loads(too_large.stdout)["code"]) == (1, 6)
+
+
+@pytest.mark.root
+def test_version_is_the_agents_answer(shim: Path, agent: Agent) -> None:
+    """With the agent there, VERSION is parsed and answered by it, in the config's version."""
+    runtime = Runtime(shim, agent)
+    for config, version in [
+        ({"cniVersion": "0.4.0"}, "0.4.0"),
+        ({"cniVersion": "0.3.1", "name": "x"}, "0.3.1"),
+        ("{not json", "1.1.0"),
+        ({"cniVersion": "1.0.0", "x": [[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]}, "1.0.0"),
+    ]:
+        done = runtime.run(runtime.env("VERSION", ""), config)
+        assert (done.status, done.stderr) == (0, ""), done
+        assert json.loads(done.stdout) == {
+            "cniVersion": version,
+            "supportedVersions": list(SUPPORTED_VERSIONS),
+        }
+    assert "Traceback" not in agent.log()
 
 
 @pytest.mark.parametrize("command", ["ADD", "DEL", "CHECK"])
@@ -118,10 +154,56 @@ def test_missing_agent_is_try_again_naming_the_socket(
     done = run_shim(installed, command, path)
     assert done.returncode == 1
     error = json.loads(done.stdout)
-    assert error["code"] == 11
-    assert error["cniVersion"] == "0.4.0"
-    assert str(path) in error["msg"]
-    assert "Traceback" not in done.stdout + done.stderr
+    assert error == {
+        # The shim reads no config: its own errors are in the latest version.
+        "cniVersion": "1.1.0",
+        "code": 11,
+        "msg": f"agent socket {path} does not exist (is multinic-agent running?)",
+        "details": f"CNI_COMMAND={command}",
+    }
+    assert done.stderr == ""
+
+
+@pytest.mark.root
+def test_the_request_of_a_shim_of_another_version_is_answered_at_once(agent: Agent) -> None:
+    """An older shim sends one JSON line and waits, never ending its request: the
+    agent answers at the first bytes that start no MULTINIC/1 request (code 6,
+    naming the fix), instead of waiting for an end that does not come."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(10)
+        conn.connect(str(agent.socket))
+        conn.sendall(b'{"env": {"CNI_COMMAND": "ADD"}, "stdin": "{}"}\n')
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    status, stdout, stderr = wire.decode_reply(reply)
+    error = json.loads(stdout)
+    assert (status, stderr, error["code"]) == (1, b"", 6)
+    assert error["msg"].startswith("not a multi-nic shim request: it must start with ")
+    assert "reinstall it with multinic-agent install-cni" in error["msg"]
+    assert "Traceback" not in agent.log()
+
+
+def test_a_hostile_socket_path_is_quoted_safely(installed: Path, tmp_path: Path) -> None:
+    """The path is the only user data the shim quotes: every byte outside printable
+    ASCII, and the backslash, is written as the text \\xHH; the error stays one JSON line."""
+    path = os.fsencode(tmp_path) + b'/a"b\\c\nd\xff\x01' + "é.sock".encode()
+    env = {b"CNI_COMMAND": b"ADD\n\xfe", b"MULTINIC_AGENT_SOCKET": path}
+    done = subprocess.run(
+        [str(installed)],
+        input=CONFIG.encode(),
+        env=env,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stdout.isascii()
+    assert done.stdout.count(b"\n") == 0
+    error = json.loads(done.stdout)
+    shown = os.fsdecode(tmp_path) + '/a"b\\x5cc\\x0ad\\xff\\x01\\xc3\\xa9.sock'
+    assert error["msg"] == f"agent socket {shown} does not exist (is multinic-agent running?)"
+    assert error["details"] == "CNI_COMMAND=ADD\\x0a\\xfe"
 
 
 def test_stale_socket_without_listener_is_try_again(installed: Path, tmp_path: Path) -> None:
@@ -131,7 +213,9 @@ def test_stale_socket_without_listener_is_try_again(installed: Path, tmp_path: P
         done = run_shim(installed, "DEL", path)
     error = json.loads(done.stdout)
     assert (done.returncode, error["code"]) == (1, 11)
-    assert f"agent at {path} is unreachable" in error["msg"]
+    assert (
+        error["msg"] == f"multinic agent at {path} is unreachable: [Errno 111] Connection refused"
+    )
 
 
 def test_refuses_a_regular_file_and_a_symlink(installed: Path, tmp_path: Path) -> None:
@@ -164,32 +248,73 @@ def test_refuses_a_socket_not_owned_by_root(installed: Path, tmp_path: Path) -> 
     assert "owned by uid 65534, not root" in error["msg"]
 
 
-def test_malformed_reply_is_a_cni_error(installed: Path, tmp_path: Path) -> None:
-    path = tmp_path / "bad.sock"
+def exchange(shim: Path, path: Path, env: dict[str, str], reply: bytes) -> tuple[bytes, Any]:
+    """(the request the shim sent, its (status, stdout, stderr)) for one ``reply``."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
         server.bind(str(path))
         server.listen()
         process = subprocess.Popen(
-            [str(installed)],
+            [str(shim)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            text=True,
-            env={"CNI_COMMAND": "ADD", "MULTINIC_AGENT_SOCKET": str(path)},
+            stderr=subprocess.PIPE,
+            env={**env, "MULTINIC_AGENT_SOCKET": str(path)},
         )
         assert process.stdin is not None
-        process.stdin.write(CONFIG)
+        process.stdin.write(CONFIG.encode())
         process.stdin.close()
         conn, _ = server.accept()
         with conn:
-            request = json.loads(conn.makefile("rb").readline())
-            conn.sendall(b'{"exit": "zero"}\n')
-        stdout = process.stdout.read() if process.stdout else ""
+            conn.settimeout(10)
+            request = b""
+            while chunk := conn.recv(65536):  # the shim ends its request
+                request += chunk
+            conn.sendall(reply)
+        assert process.stdout is not None
+        assert process.stderr is not None
+        stdout, stderr = process.stdout.read(), process.stderr.read()  # a few bytes each
         process.wait(timeout=10)
-    # the request carried the CNI environment and the config, nothing else
-    assert request["env"] == {"CNI_COMMAND": "ADD"}
-    assert request["stdin"] == CONFIG
-    assert process.returncode == 1
-    assert json.loads(stdout)["code"] == 999
+    path.unlink()
+    return request, (process.returncode, stdout, stderr)
+
+
+def test_the_request_is_the_environment_and_stdin_as_bytes(installed: Path, tmp_path: Path) -> None:
+    env = {"CNI_COMMAND": "ADD", "CNI_ARGS": "K8S_POD_NAME=p", "OTHER": "not forwarded"}
+    reply = wire.encode_reply(3, '{"code": 7}', "warning\n")
+    request, outcome = exchange(installed, tmp_path / "agent.sock", env, reply)
+    # only CNI_* is forwarded, in the environment's order; stdin as it came
+    assert request in (
+        b"MULTINIC/1\0CNI_COMMAND=ADD\0CNI_ARGS=K8S_POD_NAME=p\0\0" + CONFIG.encode(),
+        b"MULTINIC/1\0CNI_ARGS=K8S_POD_NAME=p\0CNI_COMMAND=ADD\0\0" + CONFIG.encode(),
+    )
+    assert wire.decode_request(request) == ({k: v for k, v in env.items() if k != "OTHER"}, CONFIG)
+    # the reply's status, stdout and stderr as they came, nothing added
+    assert outcome == (3, b'{"code": 7}', b"warning\n")
+
+
+@pytest.mark.parametrize(
+    ("reply", "code", "words"),
+    [
+        # an agent of the JSON-line protocol: another version, being upgraded
+        (b'{"exit": "zero"}\n', 11, "sent a malformed reply: not MULTINIC/1 (an agent of"),
+        (b"MULTINIC/2\0" + bytes(12), 11, "not MULTINIC/1"),
+        (b"MULTINIC/1\0" + bytes(4) + b"\xff" * 8, 999, "a length is out of range"),
+        (b"MULTINIC/1\0\0\0\1\0" + bytes(8), 999, "its exit status or a length"),
+        (b"", 11, "is unreachable: agent closed the connection without a reply"),
+        (b"MULTINIC/1\0", 11, "is unreachable: agent closed the connection in mid-reply"),
+        (wire.encode_reply(0, "result", "")[:-1], 11, "in mid-reply"),
+    ],
+)
+def test_malformed_reply_is_a_cni_error(
+    installed: Path, tmp_path: Path, reply: bytes, code: int, words: str
+) -> None:
+    _, (status, stdout, stderr) = exchange(
+        installed, tmp_path / "bad.sock", {"CNI_COMMAND": "ADD"}, reply
+    )
+    error = json.loads(stdout)
+    assert (status, stderr, error["code"]) == (1, b"", code), error
+    assert words in error["msg"], error
+    assert error["msg"].startswith(f"multinic agent at {tmp_path / 'bad.sock'} "), error
 
 
 def test_shim_imports_only_the_standard_library() -> None:
@@ -215,14 +340,26 @@ def test_shim_starts_fast(installed: Path, tmp_path: Path) -> None:
     assert statistics.median(timings) < 0.25, timings
 
 
-def test_wire_messages_round_trip_through_the_json_module() -> None:
-    tricky = 'line\nbreak "quoted" \\ tab\t nul\x00 é 漢 \U0001f600'
-    request = {"env": {"CNI_ARGS": tricky, "CNI_COMMAND": "ADD"}, "stdin": tricky, "exit": 3}
-    encoded = shim_module.encode_message(request)
-    assert encoded.count(b"\n") == 1
-    assert encoded.endswith(b"\n")
-    assert json.loads(encoded) == request
-    assert shim_module.decode_message(json.dumps(request).encode()) == request
-    for garbage in (b"{oops", b"[1]", b'{"a": 1} trailing', b"", b"\xff"):
-        with pytest.raises(ValueError, match=r"JSON|utf-8"):
-            shim_module.decode_message(garbage)
+def test_wire_requests_and_replies_round_trip() -> None:
+    tricky = 'line\nbreak "quoted" \\ tab\t é 漢 \U0001f600 \udcff'
+    env = {"CNI_ARGS": tricky, "CNI_COMMAND": "ADD", "CNI_IFNAME": "", "PATH": "/bin"}
+    stdin = b"\0{}\0\xff\r\n" + tricky.encode("utf-8", "surrogateescape")
+    request = wire.encode_request(env, stdin)
+    assert request.startswith(shim_module.MAGIC)
+    decoded_env, decoded_stdin = wire.decode_request(request)
+    assert decoded_env == {k: v for k, v in env.items() if k.startswith("CNI_")}
+    assert decoded_stdin.encode("utf-8", "surrogateescape") == stdin
+    assert wire.decode_request(shim_module.MAGIC + b"\0") == ({}, "")
+    # the first of a variable given twice, as getenv() has it
+    twice = shim_module.MAGIC + b"CNI_COMMAND=DEL\0CNI_COMMAND=ADD\0\0{}"
+    assert wire.decode_request(twice) == ({"CNI_COMMAND": "DEL"}, "{}")
+    for garbage in (b"", b"{oops\n", b'{"env": {}, "stdin": ""}\n', shim_module.MAGIC + b"CNI_X=1"):
+        with pytest.raises(wire.WireError):
+            wire.decode_request(garbage)
+    reply = wire.encode_reply(7, tricky, tricky)
+    assert wire.decode_reply(reply) == (7, *[tricky.encode("utf-8", "surrogateescape")] * 2)
+    for broken in (b"", reply[:-1], reply + b"x", b"MULTINIC/2" + reply[10:]):
+        with pytest.raises(wire.WireError):
+            wire.decode_reply(broken)
+    with pytest.raises(ValueError, match="0-255"):
+        wire.encode_reply(256, "", "")

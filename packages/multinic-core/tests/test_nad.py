@@ -9,14 +9,16 @@ from multinic_core.hooktypes import NetworkAttachment
 from multinic_core.models import Config, MultiNicNetwork
 from multinic_core.nad import nad_config, nad_config_json, nad_object, owner_reference
 
-# SPEC section 3, with the worked example's excludes in place of "[...]".
+# SPEC section 3, with the worked example's excludes in place of "[...]", and the
+# CNI capabilities the agent honours (runtimeConfig.ips and .mac from Multus).
 SPEC_EXAMPLE = """
 {"cniVersion":"0.3.0","name":"demo","type":"multi-nic",
  "ipam":{"excludeCIDRs":["192.168.64.0/18","192.168.1.0/24","192.168.0.128/25"],
          "hostBlock":6,"interfaceBlock":2,"type":"multi-nic-ipam","vlanMode":"l3"},
  "dns":{},"plugin":{"cniVersion":"0.3.0","mode":"l3","type":"ipvlan"},
  "subnet":"192.168.0.0/16","masterNets":["10.0.1.0/24","10.0.2.0/24"],
- "multiNICIPAM":true,"daemonIP":"","daemonPort":11000}
+ "multiNICIPAM":true,"daemonIP":"","daemonPort":11000,
+ "capabilities":{"ips":true,"mac":true}}
 """
 
 # The ipam as a user writes it: a different key order than the NAD shows.

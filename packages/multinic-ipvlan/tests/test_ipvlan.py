@@ -73,6 +73,7 @@ def test_renders_the_spec_example_nad_and_one_delegate_per_nic(ipvlan: MainPlugi
         "multiNICIPAM": True,
         "daemonIP": "",
         "daemonPort": 11000,
+        "capabilities": {"ips": True, "mac": True},
     }
 
     ipams = [

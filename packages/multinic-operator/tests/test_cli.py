@@ -39,9 +39,11 @@ def test_bad_kubeconfig_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def _start(kubeconfig: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    # Replicas on one machine: each its own free health port.
+    health = ["--health-address", "127.0.0.1:0"]
     with log.open("wb") as out:
         return subprocess.Popen(
-            [OPERATOR, "--kubeconfig", str(kubeconfig), "--namespace", "default", *extra],
+            [OPERATOR, "--kubeconfig", str(kubeconfig), "--namespace", "default", *health, *extra],
             stdout=out,
             stderr=subprocess.STDOUT,
         )

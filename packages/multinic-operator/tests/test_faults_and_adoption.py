@@ -20,7 +20,9 @@ def test_api_errors_never_drop_hosts(cluster: Any, operator_runner: Any) -> None
         cluster.wait(lambda: len(cluster.pools()) == 6, "converged")
         plan = cluster.pod_cidrs()
         deletes_before = [w for w in op.proxy.writes() if w[0] == "DELETE"]
-        rules = [
+        # The caches' watches lose their place (history compacted): they list
+        # again, and those lists fail for a while.
+        list_faults = [
             faults.add(FaultRule(status=500, verb="list", resource="nodes", count=2)),
             faults.add(
                 FaultRule(
@@ -28,14 +30,35 @@ def test_api_errors_never_drop_hosts(cluster: Any, operator_runner: Any) -> None
                 )
             ),
             faults.add(FaultRule(status=503, verb="list", resource="ippools", count=1)),
+        ]
+        cluster.kube_api.compact()
+        for resource in ("nodes", "hostinterfaces", "ippools"):
+            cluster.kube_api.drop_watches(resource)
+        # An agent rewrites its HostInterface while the lists fail: the batch
+        # plans from what was cached (every host), and its first try fails.
+        batch_faults = [
+            faults.add(FaultRule(status=503, verb="get", resource="multinicnetworks", count=1)),
+        ]
+        cluster.api.patch(API, "HostInterface", "node2", {"metadata": {"labels": {"touched": "1"}}})
+        batcher = op.services.batcher
+        cluster.wait(
+            lambda: batcher.failures >= 1 and batcher.batches >= 1 and not batcher.pending,
+            "a failed batch was retried successfully",
+        )
+        cluster.wait(
+            lambda: all(r.exhausted() for r in list_faults), "every list fault was hit", 60
+        )
+        write_faults = [
             faults.add(FaultRule(status=409, verb="patch", resource="ippools", count=2)),
         ]
-        # An agent rewrites its HostInterface: a batch starts and meets the faults.
-        cluster.api.patch(API, "HostInterface", "node2", {"metadata": {"labels": {"touched": "1"}}})
         ipam = dict(L3_IPAM, excludeCIDRs=[*L3_IPAM["excludeCIDRs"], "192.168.2.16/28"])
         cluster.api.patch(API, "MultiNicNetwork", "demo", {"spec": {"ipam": json.dumps(ipam)}})
 
-        cluster.wait(lambda: all(r.exhausted() for r in rules), "every fault was hit", 60)
+        cluster.wait(
+            lambda: all(r.exhausted() for r in batch_faults + write_faults),
+            "every fault was hit",
+            60,
+        )
         cluster.wait(
             lambda: (
                 cluster.pools()["demo-192.168.2.0-24"]["spec"]["excludes"] == ["192.168.2.16/28"]
@@ -43,15 +66,18 @@ def test_api_errors_never_drop_hosts(cluster: Any, operator_runner: Any) -> None
             "the change went through after the errors",
             60,
         )
-        batcher = op.services.batcher
-        cluster.wait(
-            lambda: batcher.failures >= 1 and batcher.batches >= 1 and not batcher.pending,
-            "a failed batch was retried successfully",
-        )
         assert cluster.pod_cidrs() == plan
         assert len(cluster.pools()) == 6
         assert [w for w in op.proxy.writes() if w[0] == "DELETE"] == deletes_before
         assert op.services.batcher.failures >= 1
+        # The caches listed again after the failures and hold every host.
+        caches = op.services.cache
+        assert caches is not None
+        relisted = (caches.nodes, caches.hosts, caches.pools)
+        cluster.wait(lambda: all(i.lists >= 2 for i in relisted), "the caches listed again", 30)
+        assert sorted(caches.node_names()) == ["node1", "node2", "node3"]
+        assert sorted(h.name for h in caches.host_interfaces()) == ["node1", "node2", "node3"]
+        assert len(caches.pools_of("demo")) == 6
 
 
 def test_predecessor_objects_are_adopted_without_renumbering(
@@ -151,7 +177,15 @@ def test_config_drives_the_agent_daemonset(cluster: Any, operator_runner: Any) -
         assert pod["hostPID"]
         assert pod["serviceAccountName"] == "multinic-agent"
         agent = pod["containers"][0]
-        assert agent["command"] == ["multinic-agent", "--node", "$(NODE_NAME)"]
+        assert agent["command"] == [
+            "multinic-agent",
+            "--node",
+            "$(NODE_NAME)",
+            "--health-address",
+            ":11000",  # the Config's daemon.port
+        ]
+        assert agent["ports"] == [{"name": "health", "containerPort": 11000, "protocol": "TCP"}]
+        assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
         assert agent["securityContext"] == {"privileged": True}
         assert {m["mountPath"] for m in agent["volumeMounts"]} >= {
             "/host/opt/cni/bin",

@@ -74,6 +74,30 @@ def test_every_granted_verb_is_used(cluster: Any, operator_runner: Any) -> None:
             },
         }
     )
+    # Its pool of node1's eth2, with a pod's address that the plan edit below strands:
+    # an Event on the network, patched (count) by the reconciles after it.
+    cluster.create(
+        {
+            "apiVersion": API,
+            "kind": "IPPool",
+            "metadata": {"name": "demo-192.168.128.0-24"},
+            "spec": {
+                "podCIDR": "192.168.128.0/24",
+                "vlanCIDR": "192.168.128.0/18",
+                "netAttachDef": "demo",
+                "hostName": "node1",
+                "interfaceName": "eth2",
+                "allocations": [
+                    {
+                        "pod": "old",
+                        "namespace": "default",
+                        "index": 200,
+                        "address": "192.168.128.200",
+                    }
+                ],
+            },
+        }
+    )
     # A NAD someone made by hand where the operator wants one: adopted (get + patch).
     cluster.create(
         {
@@ -191,6 +215,15 @@ def test_every_granted_verb_is_used(cluster: Any, operator_runner: Any) -> None:
             lambda: cluster.api.list("v1", "Event", "default"),
             "kopf posted the handler failure as an event",
         )
+        cluster.wait(
+            lambda: any(
+                (e.get("count") or 0) > 1
+                for e in cluster.api.list(
+                    "v1", "Event", "default", field_selector="reason=AllocationsStranded"
+                )
+            ),
+            "the stranded allocation's Event counted again",
+        )
         for name in ("demo", "fast", "hostdev", "crowded"):
             cluster.api.delete(API, "MultiNicNetwork", name)
         cluster.wait(lambda: not cluster.api.list(API, "MultiNicNetwork"), "networks cleaned up")
@@ -227,6 +260,7 @@ def test_agent_role_grants_what_the_agent_needs() -> None:
             ("", "pods", "get"),
             ("", "pods", "list"),
             ("", "events", "create"),
+            ("", "events", "patch"),
         ]
     )
     assert [n for n in needed if not allowed(rules, n)] == []

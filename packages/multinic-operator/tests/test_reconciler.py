@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from multinic_core.models import CIDR, HostInterface, MultiNicNetwork, load_resource
+from multinic_core.planner import plan_cidrs
 from multinic_core.plugins import PluginRegistry
 from multinic_operator.kube import KubeApi, load_client_configuration
 from multinic_operator.reconciler import NetworkReconciler
@@ -181,3 +183,69 @@ def test_leaving_multi_nic_ipam_removes_plan_and_pools(cluster: Any, reconciler:
     config = json.loads(cluster.nads()["default"]["spec"]["config"])
     assert config["ipam"] == whereabouts
     assert cluster.status()["routeStatus"] == "N/A"
+
+
+def hosts_now(cluster: Any) -> list[HostInterface]:
+    """The HostInterfaces whose Node exists, as the reconciler plans them."""
+    nodes = {n["metadata"]["name"] for n in cluster.api.list("v1", "Node")}
+    return [
+        HostInterface.model_validate(body)
+        for body in cluster.api.list(API, "HostInterface")
+        if body["spec"]["hostName"] in nodes
+    ]
+
+
+def test_joins_changes_and_leaves_plan_like_a_replan_from_scratch(
+    cluster: Any, reconciler: Any
+) -> None:
+    for host in ("node1", "node2", "node3"):
+        cluster.add_host(host)
+    cluster.create(network_body())
+    reconciler.reconcile("demo")
+    network = load_resource(MultiNicNetwork, cluster.network())
+    steps = [
+        lambda: cluster.add_host("node4"),
+        lambda: cluster.set_host_nics("node2", [("eth1", "10.0.1.0/24", "10.0.1.99")]),
+        lambda: cluster.delete_node("node1"),
+        lambda: cluster.add_host("node5"),
+    ]
+    for step in steps:
+        previous = CIDR.model_validate(cluster.cidr()).spec
+        step()
+        reconciler.reconcile("demo")
+        expected = plan_cidrs(network, hosts_now(cluster), previous)
+        assert CIDR.model_validate(cluster.cidr()).spec == expected.spec
+    assert cluster.pod_cidrs() == {
+        ("node2", "eth1"): "192.168.2.0/24",
+        ("node3", "eth1"): "192.168.3.0/24",
+        ("node4", "eth1"): "192.168.4.0/24",
+        ("node5", "eth1"): "192.168.5.0/24",
+        ("node3", "eth2"): "192.168.130.0/24",
+        ("node4", "eth2"): "192.168.131.0/24",
+        ("node5", "eth2"): "192.168.132.0/24",
+    }
+    host_ips = {h["hostName"]: h["hostIP"] for h in cluster.cidr()["spec"]["cidr"][0]["hosts"]}
+    assert host_ips["node2"] == "10.0.1.99"
+
+
+def test_a_cidr_written_by_someone_else_is_planned_from_as_it_is(
+    cluster: Any, reconciler: Any
+) -> None:
+    for host in ("node1", "node2", "node3"):
+        cluster.add_host(host)
+    cluster.create(network_body())
+    reconciler.reconcile("demo")
+    # Another writer (an admin, another replica) moves node3 to host index 10.
+    cidr = cluster.cidr()
+    entries = cidr["spec"]["cidr"]
+    moved = next(h for h in entries[0]["hosts"] if h["hostName"] == "node3")
+    moved.update(hostIndex=10, podCIDR="192.168.10.0/24", ippool="demo-192.168.10.0-24")
+    cluster.api.patch(API, "CIDR", "demo", {"spec": {"cidr": entries}})
+    cluster.add_host("node4")
+
+    reconciler.reconcile("demo")
+
+    pods = cluster.pod_cidrs()
+    assert pods[("node3", "eth1")] == "192.168.10.0/24"
+    # The newcomer goes above the highest index in use: the edited one.
+    assert pods[("node4", "eth1")] == "192.168.11.0/24"

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -323,3 +324,33 @@ def test_a_pod_deleted_while_the_kubelet_is_down_is_detached_when_it_is_back(
     cluster.save()
     wait_until(lambda: gone(core, "survivor"), "pod survivor deleted by the restarted kubelet")
     assert netns not in leftovers(cluster.layout.prefix)
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_every_agent_serves_its_health_port_in_its_host_namespace(cluster: SimCluster) -> None:
+    """The same port (:11000) on every host: each agent has its own host's namespace."""
+    layout = cluster.layout
+    for host in range(layout.hosts):
+        code = (
+            "import time, urllib.request\n"
+            "for _ in range(300):\n"
+            "    try:\n"
+            "        print(urllib.request.urlopen('http://127.0.0.1:11000/readyz').read().decode())\n"
+            "        break\n"
+            "    except OSError:\n"
+            "        time.sleep(0.1)\n"
+            "print(b'multinic_cni_request_duration_seconds_count' in "
+            "urllib.request.urlopen('http://127.0.0.1:11000/metrics').read())\n"
+        )
+        answer = python_in_netns(layout.host_netns(host), code)
+        assert answer.returncode == 0, answer.stderr
+        assert answer.stdout.split() == ["ok", "True"]
+    # The operator's port is a free one on the root namespace's loopback, named in its log.
+    found = re.search(
+        r"/metrics on 127\.0\.0\.1:0 \(port (\d+)\)",
+        (cluster.logs_dir / "operator.log").read_text(),
+    )
+    assert found is not None
+    with urllib.request.urlopen(f"http://127.0.0.1:{found.group(1)}/healthz") as reply:
+        assert reply.read() == b"ok\n"

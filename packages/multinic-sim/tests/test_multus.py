@@ -10,6 +10,7 @@ gives it. The root tests run the demo with real Multus on 2 hosts x 2 NICs.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -311,6 +312,57 @@ def test_a_pod_whose_nad_is_missing_fails_in_multus_and_is_undone(kept: SimClust
     while core.list_namespaced_pod("default", field_selector="metadata.name=orphan").items:
         assert time.monotonic() < deadline, "pod orphan not deleted"
         time.sleep(0.2)
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_a_pods_requested_ips_and_mac_reach_the_agent_through_multus(kept: SimCluster) -> None:
+    """The NAD declares the ``ips`` and ``mac`` capabilities, so Multus passes the pod's
+    ``ips``/``mac`` as runtimeConfig: the pod gets exactly those addresses (multi-nic-ipam
+    reads them only there), each on the NIC whose pool holds it, and the MAC on its first NIC."""
+    core = core_api(kept)
+    custom = client.CustomObjectsApi(core.api_client)
+    pools = custom.list_cluster_custom_object(
+        "multinic.fms.io", "v1", "ippools", label_selector="hostname=host-0,netname=demo-macvlan"
+    )["items"]
+    blocks = {p["spec"]["interfaceName"]: p["spec"]["podCIDR"] for p in pools}
+    wanted = [
+        str(ipaddress.ip_network(blocks["eth2"])[88]),  # listed first: the pools decide the NIC
+        str(ipaddress.ip_network(blocks["eth1"])[77]),
+    ]
+    mac = "02:00:5e:10:00:77"
+    selection = [{"name": "demo-macvlan", "ips": wanted, "mac": mac}]
+    core.create_namespaced_pod(
+        "default",
+        {
+            "metadata": {
+                "name": "asked",
+                "annotations": {"k8s.v1.cni.cncf.io/networks": json.dumps(selection)},
+            },
+            "spec": {"nodeName": "host-0", "containers": [{"name": "c", "image": "none"}]},
+        },
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            pod = core.read_namespaced_pod("asked", "default")
+            raw = (pod.metadata.annotations or {}).get(NETWORK_STATUS_ANNOTATION)
+            if raw:
+                break
+            assert time.monotonic() < deadline, "no network-status on pod asked"
+            time.sleep(0.3)
+        written = {e["interface"]: e for e in json.loads(raw) if e.get("interface") != "lo"}
+        assert written["net1-0"]["ips"] == [wanted[1]]
+        assert written["net1-1"]["ips"] == [wanted[0]]
+        # Multus also passes CNI_ARGS MAC= (a deprecated path); only the first NIC takes it.
+        assert written["net1-0"]["mac"] == mac
+        assert written["net1-1"]["mac"] != mac
+    finally:
+        core.delete_namespaced_pod("asked", "default")
+        deadline = time.monotonic() + 30
+        while core.list_namespaced_pod("default", field_selector="metadata.name=asked").items:
+            assert time.monotonic() < deadline, "pod asked not deleted"
+            time.sleep(0.2)
 
 
 @pytest.mark.root

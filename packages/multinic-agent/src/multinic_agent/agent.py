@@ -1,4 +1,4 @@
-"""The agent process: the CNI server on a root-only unix socket (no TCP listener).
+"""The agent process: the CNI server on a root-only unix socket (no CNI over TCP).
 
 With a cluster, NIC discovery, the route reconciler and the Kubernetes
 mirrors (:mod:`multinic_agent.cluster_sync`) run as further tasks of the
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -20,14 +21,15 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVarTuple
 
+from multinic_agent.cni_result import CniError
 from multinic_agent.cni_server import MAX_CONFIG_BYTES, CniServer
-from multinic_agent.shim import (
-    CODE_DECODE,
-    LATEST_VERSION,
-    MAX_MESSAGE,
-    decode_message,
-    encode_message,
-    error_json,
+from multinic_agent.shim import CODE_DECODE, CODE_OTHER, LATEST_VERSION
+from multinic_agent.wire import (
+    MAX_REQUEST,
+    WireError,
+    decode_request,
+    encode_reply,
+    is_request_prefix,
 )
 
 log = logging.getLogger(__name__)
@@ -67,13 +69,16 @@ class AgentSocket:
         # which another user could connect.
         previous = os.umask(0o177)
         try:
-            self._server = await asyncio.start_unix_server(
-                self._connection, path=str(self.path), limit=MAX_MESSAGE + 1
-            )
+            self._server = await asyncio.start_unix_server(self._connection, path=str(self.path))
         finally:
             os.umask(previous)
         os.chmod(self.path, 0o600)
         log.info("CNI server listening on %s", self.path)
+
+    @property
+    def serving(self) -> bool:
+        """Whether the socket accepts connections (the agent's readiness)."""
+        return self._server is not None and self._server.is_serving()
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -82,27 +87,26 @@ class AgentSocket:
         self.path.unlink(missing_ok=True)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One request (wire format in :mod:`multinic_agent.wire`), one reply, then close."""
         try:
             try:
-                line = await _read_request(reader)
-                message = decode_message(line)
-                env = message.get("env")
-                stdin = message.get("stdin")
-                if not isinstance(env, dict) or not isinstance(stdin, str):
-                    raise ValueError("request needs 'env' (object) and 'stdin' (string)")
-                environment = {str(k): str(v) for k, v in env.items()}
-            except (ValueError, asyncio.LimitOverrunError) as e:
-                problem = (
-                    str(e)
-                    if isinstance(e, RequestTooLargeError)
-                    else f"malformed request from the shim: {e}"
-                )
-                reply = {"exit": 1, "stdout": error_json(LATEST_VERSION, CODE_DECODE, problem)}
-                reply["stderr"] = ""
+                async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                    data = await _read_request(reader)
+                env, stdin = decode_request(data)
+            except WireError as e:
+                log.warning("refused a request on the CNI socket: %s", e)
+                status, out, err = 1, _error_reply(CODE_DECODE, str(e)), ""
+            except TimeoutError:
+                log.warning("no whole request on the CNI socket in %d s", REQUEST_TIMEOUT_S)
+                return
             else:
-                status, out, err = await self.cni.handle(environment, stdin)
-                reply = {"exit": status, "stdout": out, "stderr": err}
-            writer.write(encode_message(reply))
+                status, out, err = await self.cni.handle(env, stdin)
+            try:
+                reply = encode_reply(status, out, err)
+            except ValueError as e:
+                log.error("CNI reply not sent: %s", e)
+                reply = encode_reply(1, _error_reply(CODE_OTHER, f"the agent's reply: {e}"), "")
+            writer.write(reply)
             await writer.drain()
         except ConnectionError as e:
             log.warning("shim connection lost before the reply: %s", e)
@@ -110,36 +114,33 @@ class AgentSocket:
             writer.close()
 
 
-DRAIN_LIMIT = 7 * MAX_MESSAGE
-"""How much of an over-long request the agent reads (and drops) before it
-answers: a shim's largest request (4 MiB of stdin, each byte escaped as
-``\\u00XX``) fits, so the shim reads the answer instead of failing its write;
-a client that never ends its line is cut off there."""
+REQUEST_TIMEOUT_S = 60
+"""How long a client of the socket may take to send its whole request (a shim
+takes well under a millisecond): a stalled one does not hold a connection forever."""
+
+
+def _error_reply(code: int, message: str) -> str:
+    return json.dumps(CniError(code, message).to_dict(LATEST_VERSION))
 
 
 async def _read_request(reader: asyncio.StreamReader) -> bytes:
-    """One request line; over ``MAX_MESSAGE`` the rest is drained (bounded) and refused."""
-    try:
-        return await reader.readuntil(b"\n")
-    except asyncio.IncompleteReadError as e:
-        return e.partial
-    except asyncio.LimitOverrunError:
-        drained = 0
-        while drained < DRAIN_LIMIT:
-            chunk = await reader.read(65536)
-            drained += len(chunk)
-            if not chunk or b"\n" in chunk:
-                break
-        # A config within MAX_CONFIG_BYTES is at most about twice that once
-        # escaped, so only an oversized (or invalid) config gets here.
-        raise RequestTooLargeError(
-            f"network config exceeds {MAX_CONFIG_BYTES} bytes (the agent's limit): "
-            f"its request is over {MAX_MESSAGE} bytes"
-        ) from None
+    """A request, up to the client's end of sending; WireError when it cannot be one.
 
-
-class RequestTooLargeError(ValueError):
-    """A request line over the socket's limit (its message is the user's answer)."""
+    Bytes that cannot start a request are refused at once (an older shim
+    waits for an answer without ending its request); past ``MAX_REQUEST``
+    the agent stops reading, and the client's writes fail.
+    """
+    data = bytearray()
+    while chunk := await reader.read(65536):
+        data += chunk
+        if not is_request_prefix(bytes(data[:16])):
+            break
+        if len(data) > MAX_REQUEST:
+            raise WireError(
+                f"network config exceeds {MAX_CONFIG_BYTES} bytes (the agent's limit): "
+                f"its request is over {MAX_REQUEST} bytes"
+            )
+    return bytes(data)
 
 
 class ExitFirstChildWatcher(asyncio.AbstractChildWatcher):
@@ -262,11 +263,17 @@ async def serve(
     server: CniServer,
     socket_path: Path,
     background: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    listening: Callable[[AgentSocket], None] | None = None,
 ) -> None:
-    """Run until SIGTERM or SIGINT; ``background`` (the cluster side) runs alongside."""
+    """Run until SIGTERM or SIGINT; ``background`` (the cluster side) runs alongside.
+
+    ``listening`` is called with the socket once it is served (readiness).
+    """
     use_pidfd_child_watcher()
     listener = AgentSocket(server, socket_path)
     await listener.start()
+    if listening is not None:
+        listening(listener)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

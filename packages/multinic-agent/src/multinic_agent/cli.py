@@ -1,7 +1,8 @@
 """``multinic-agent``: run the node agent, or install the ``multi-nic`` CNI shim.
 
 multinic-agent --node NAME [--kubeconfig P] [--netns P] [--resync-interval S] [--leak-interval S]
-               [--socket P] [--state-dir D] [--cni-path DIRS] [--pod-resources-socket P] [run]
+               [--socket P] [--state-dir D] [--cni-path DIRS] [--pod-resources-socket P]
+               [--health-address HOST:PORT|:PORT|off] [run]
 multinic-agent install-cni --bin-dir DIR [--shim auto|compiled|python] [--shim-binary PATH] [--cc CC]
 multinic-agent build-shim --output PATH [--cc CC]
 """
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STATE_DIR = Path("/var/lib/multinic")
 DEFAULT_CNI_PATH = "/opt/cni/bin:/usr/lib/cni"
+DEFAULT_HEALTH_ADDRESS = ":11000"
+"""Every address, port 11000: the Config's ``daemon.port`` default, which the DaemonSet probes."""
 SHIM_NAME = "multi-nic"
 SHIM_MODES = ("auto", "compiled", "python")
 
@@ -210,11 +213,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="directories of delegate plugins, searched after the request's CNI_PATH",
     )
     parser.add_argument(
+        "--exec-delegates",
+        action="store_true",
+        default=os.environ.get("MULTINIC_EXEC_DELEGATES", "").lower() in ("1", "true", "yes"),
+        help="exec every delegate CNI plugin binary, also those a driver runs in the agent's "
+        "process (macvlan with static IPAM); env MULTINIC_EXEC_DELEGATES=1",
+    )
+    parser.add_argument(
         "--pod-resources-socket",
         type=Path,
         default=Path("/var/lib/kubelet/pod-resources/kubelet.sock"),
         help="the kubelet's PodResources API (device allocations of pods); "
         "absent: no allocations from the kubelet",
+    )
+    parser.add_argument(
+        "--health-address",
+        default=os.environ.get("MULTINIC_HEALTH_ADDRESS", DEFAULT_HEALTH_ADDRESS),
+        help="HOST:PORT, :PORT (every address) or off: the TCP port that serves /healthz, "
+        "/readyz and /metrics, and nothing else (CNI stays on the unix socket); "
+        "default %(default)s",
     )
     parser.add_argument("--log-level", default=os.environ.get("MULTINIC_LOG_LEVEL", "INFO"))
     commands = parser.add_subparsers(dest="command")
@@ -259,8 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
 def run_agent(options: argparse.Namespace) -> int:
     # Imported here so that install-cni works without loading the plugin stack.
     from multinic_agent.agent import serve  # noqa: PLC0415
-    from multinic_agent.cni_server import CniServer  # noqa: PLC0415
+    from multinic_agent.health import AgentHealth, start_health_port  # noqa: PLC0415
     from multinic_agent.kube_api import load_api_client  # noqa: PLC0415
+    from multinic_agent.metrics import AgentMetrics, MeasuredCniServer, stranded_in  # noqa: PLC0415
     from multinic_agent.node_state import (  # noqa: PLC0415
         NODE_STATE_FILE,
         FileNodeState,
@@ -272,11 +290,16 @@ def run_agent(options: argparse.Namespace) -> int:
 
     state_dir: Path = options.state_dir
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    api = load_api_client(options.kubeconfig)
+    metrics = AgentMetrics()
+    api = load_api_client(options.kubeconfig, observe=metrics.api_response)
     cluster = None
+    events = None
     node_state: NodeState
     if api is not None:
         from multinic_agent.cluster_sync import ClusterSync  # noqa: PLC0415
+        from multinic_agent.kube_events import agent_event_recorder  # noqa: PLC0415
+
+        events = agent_event_recorder(api, options.node)
 
         cluster = ClusterSync(
             api,
@@ -285,27 +308,42 @@ def run_agent(options: argparse.Namespace) -> int:
             netns=options.netns or None,
             resync_interval=options.resync_interval,
             leak_interval=options.leak_interval,
+            metrics=metrics,
         )
         node_state = cluster.node_state
         source = f"the Kubernetes API at {api.configuration.host}"
     else:
         node_state = FileNodeState(state_dir / NODE_STATE_FILE)
         source = str(state_dir / NODE_STATE_FILE)
-    server = CniServer(
+    health = AgentHealth(cluster)
+    # Before the journal is replayed: /readyz says 503 meanwhile, /healthz 200.
+    health_port = start_health_port(options.health_address, health, metrics)
+    server = MeasuredCniServer(
+        metrics=metrics,
         node=options.node,
         node_state=node_state,
         journal=AllocationJournal(state_dir),
         records=RecordStore(state_dir),
         cni_path=[p for p in options.cni_path.split(os.pathsep) if p],
         pod_resources=PodResourcesClient(options.pod_resources_socket),
+        events=events,
+        exec_delegates=options.exec_delegates,
     )
     server.preload()
     server.reserve_known_addresses()
+    health.journal_ready = True
+    metrics.watch_pools(
+        node_state, server.journal, stranded_in(cluster.node_state.pools) if cluster else None
+    )
     log.info("agent for node %s, state in %s, node state from %s", options.node, state_dir, source)
     background = (lambda: cluster.run(server)) if cluster is not None else None
     try:
-        asyncio.run(serve(server, options.socket, background))
+        asyncio.run(serve(server, options.socket, background, listening=health.listening))
     finally:
+        if health_port is not None:
+            health_port.stop()
+        if events is not None:
+            events.close()  # what is queued gets a moment to be written
         if api is not None:
             api.close()  # type: ignore[no-untyped-call]
     return 0

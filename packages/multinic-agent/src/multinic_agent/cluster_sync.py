@@ -24,6 +24,7 @@ from kubernetes import client
 from multinic_agent.cni_server import CniServer
 from multinic_agent.host_sync import HostInterfaceSync
 from multinic_agent.kube_state import KubeNodeState
+from multinic_agent.metrics import AgentMetrics
 from multinic_agent.pool_mirror import IPPoolMirror, LeakCollector
 from multinic_agent.route_sync import CidrRouteReconciler
 
@@ -45,6 +46,7 @@ class ClusterSync:
         resync_interval: float = 60.0,
         mirror_interval: float = 1.0,
         leak_interval: float = 300.0,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.api = api
         self.node = node
@@ -53,7 +55,7 @@ class ClusterSync:
         self.node_state = KubeNodeState(api, node)
         self.host = HostInterfaceSync(api, node, netns=netns, resync_interval=resync_interval)
         self.routes = CidrRouteReconciler(
-            api, node, state_dir, netns=netns, resync_interval=resync_interval
+            api, node, state_dir, netns=netns, resync_interval=resync_interval, metrics=metrics
         )
         self.node_state.local_nics = lambda: self.host.discovered
 

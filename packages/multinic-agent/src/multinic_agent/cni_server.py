@@ -1,7 +1,9 @@
 """The agent's CNI server: ADD, DEL, CHECK, GC, STATUS for the ``multi-nic`` shim (SPEC 4).
 
 The shim sends one request per connection on the agent's unix socket (wire
-format in :mod:`multinic_agent.shim`); :meth:`CniServer.handle` answers it.
+format in :mod:`multinic_agent.wire`); :meth:`CniServer.handle` answers it,
+VERSION included: the shim parses nothing, every check of the environment
+and the config is here.
 ADD selects NICs (attach policy plugin), gets addresses (IPAM plugin), builds
 one delegate config per NIC (main plugin), execs the delegates in parallel,
 programs multipath routes, records the attachment durably and returns the
@@ -43,17 +45,18 @@ from multinic_agent.shim import (
     CODE_OTHER,
     CODE_TRY_AGAIN,
     SUPPORTED_VERSIONS,
-    config_version,
-    version_reply,
 )
 from multinic_core.errors import (
     ConfigError,
     MultinicError,
+    NicMissingError,
     PluginNotFoundError,
     SelectionError,
     TryAgainError,
 )
+from multinic_core.events import EventRecorder, pod_ref
 from multinic_core.hooktypes import (
+    InProcessDelegate,
     IpamRequest,
     NicAttachment,
     PodArgs,
@@ -71,7 +74,12 @@ from multinic_core.models import (
 )
 from multinic_core.nad import RESOURCE_NAME_ANNOTATION
 from multinic_core.plugins import IpamPlugin, MainPlugin, PluginRegistry
-from multinic_ipam.journal import AllocationEntry, AllocationJournal, PoolBlock
+from multinic_ipam.journal import (
+    AllocationEntry,
+    AllocationJournal,
+    PoolBlock,
+    PoolExhaustedError,
+)
 from multinic_ipam.plugins import CONTEXT_JOURNAL, CONTEXT_POOLS
 
 log = logging.getLogger(__name__)
@@ -92,13 +100,19 @@ MAX_INT_DIGITS = 4300
 # characters that are neither brackets nor quotes.  Possessive: nothing is ever
 # tried twice, so the scan is linear whatever the input.
 _NOT_NESTING = re.compile(r'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)|[^"\[\]{}]++', re.DOTALL)
+_MAC = re.compile(r"^[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}\Z")
 _SHOWN = 120
 """Longest repr of a config value quoted in an error message (and the agent's log)."""
 VALID_ATTACHMENTS = "cni.dev/valid-attachments"
 DELEGATE_TIMEOUT_S = 120.0
 # CNI_ARGS keys that are the agent's business, not the delegates' (static
-# IPAM would otherwise add the IP= addresses to every NIC).
-_AGENT_ARGS = frozenset({"IP", "GATEWAY"})
+# IPAM would otherwise add the IP= addresses to every NIC, and macvlan the
+# MAC= address, which Multus passes besides runtimeConfig.mac, to every NIC).
+_AGENT_ARGS = frozenset({"IP", "GATEWAY", "MAC"})
+# Reasons of the Warning Events the agent posts on a pod.
+EVENT_POLICY_FALLBACK = "UnknownAttachPolicy"
+EVENT_NIC_MISSING = "NICMissing"
+EVENT_POOL_EXHAUSTED = "PoolExhausted"
 # Built-in attach policies that never look at the pod's devices: with them
 # and no network resource, ADD does not ask the kubelet.
 _DEVICE_BLIND_POLICIES = frozenset({"none", "devClass", "costOpt", "perfOpt"})
@@ -269,14 +283,38 @@ def decode_config(stdin: str) -> Any:
         raise CniError(CODE_DECODE, f"network config is not valid JSON: {e}") from e
 
 
+def config_version(stdin: str) -> str:
+    """The config's ``cniVersion`` (any non-empty string); the latest version if it has none.
+
+    A config beyond a bound (:func:`config_problem`) is not parsed for it
+    (the latest); one that holds NaN or a number beyond a float still names
+    its version (it is JSON, only not accepted).
+    """
+    latest = SUPPORTED_VERSIONS[-1]
+    if config_problem(stdin) is not None:
+        return latest
+    try:
+        config = json.loads(stdin)
+    except ValueError:
+        return latest
+    version = config.get("cniVersion") if isinstance(config, dict) else None
+    return version if isinstance(version, str) and version else latest
+
+
+def version_reply(stdin: str) -> str:
+    """The answer to ``CNI_COMMAND=VERSION``, for any config: in the config's version."""
+    return json.dumps(
+        {"cniVersion": config_version(stdin), "supportedVersions": list(SUPPORTED_VERSIONS)},
+        separators=(",", ":"),
+    )
+
+
 def reply_version(stdin: str) -> str:
     """The version an error reply is printed in: the config's if it is a supported one.
 
     A config the agent does not decode (:func:`config_problem`) is not parsed
     for it either: the latest version.
     """
-    if config_problem(stdin) is not None:
-        return SUPPORTED_VERSIONS[-1]
     version = config_version(stdin)
     return version if version in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[-1]
 
@@ -344,6 +382,115 @@ def parse_request(env: Mapping[str, str], stdin: str) -> CniRequest:
         args=parse_cni_args(raw_args),
         raw_args=raw_args,
     )
+
+
+def _cidr_key(value: str) -> tuple[int, int, int] | None:
+    """(IP version, network, prefix) of a CIDR, to compare spellings; None if not one."""
+    try:
+        net = netaddr.IPNetwork(value)
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        return None
+    return (net.version, int(net.network), net.prefixlen)
+
+
+def passed_device_ids(config: Mapping[str, Any]) -> list[str]:
+    """The PCI devices the runtime passed for this attachment, in order; [] for none.
+
+    ``runtimeConfig.deviceID`` (the ``deviceID`` capability, a string or a
+    list), else Multus' top-level ``deviceID`` (or ``pciBusID``), which
+    Multus writes into the config when the NAD names a device-plugin resource
+    and the pod holds a device of it.  Raises CniError(7) for a value that is
+    not a string (or list of strings).
+    """
+    runtime = _runtime_config(config)
+    for where, value in (
+        ("runtimeConfig.deviceID", runtime.get("deviceID")),
+        ("deviceID", config.get("deviceID")),
+        ("pciBusID", config.get("pciBusID")),
+    ):
+        if value in (None, "", []):
+            continue
+        found = [value] if isinstance(value, str) else value
+        if not isinstance(found, list) or not all(isinstance(d, str) and d for d in found):
+            raise CniError(
+                CODE_INVALID_CONFIG,
+                f"{where} must be a PCI address (or a list), not {_brief(value)}",
+            )
+        return list(found)
+    return []
+
+
+def _runtime_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    runtime = config.get("runtimeConfig") or {}
+    if not isinstance(runtime, Mapping):
+        raise CniError(
+            CODE_INVALID_CONFIG, f"runtimeConfig must be an object, not {_brief(runtime)}"
+        )
+    return runtime
+
+
+def requested_ips(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """``runtimeConfig.ips`` (the CNI ``ips`` capability): the addresses the pod asks for.
+
+    Entries are ``ADDRESS`` or ``ADDRESS/PREFIX``, as Multus passes them from
+    the pod's annotation; the IPAM plugin maps them to NICs.  CniError(7) for
+    anything but a list of strings.
+    """
+    ips = _runtime_config(config).get("ips")
+    if ips in (None, []):
+        return ()
+    if not isinstance(ips, list) or not all(isinstance(ip, str) and ip for ip in ips):
+        raise CniError(
+            CODE_INVALID_CONFIG, f"runtimeConfig.ips must be a list of addresses, not {_brief(ips)}"
+        )
+    return tuple(ips)
+
+
+def requested_mac(config: Mapping[str, Any], args: Mapping[str, str] | None = None) -> str:
+    """The MAC the pod asks for, lowercase with colons; "" for none.
+
+    ``runtimeConfig.mac`` (the CNI ``mac`` capability), else CNI_ARGS ``MAC=``
+    (which Multus passes too, and older runtimes only).  CniError(7) for
+    anything but a unicast 48-bit MAC address.
+    """
+    mac = _runtime_config(config).get("mac") or (args or {}).get("MAC")
+    if mac in (None, ""):
+        return ""
+    if not isinstance(mac, str) or not _MAC.match(mac):
+        raise CniError(
+            CODE_INVALID_CONFIG,
+            f"runtimeConfig.mac {_brief(mac)} is not a MAC address (6 hex octets, e.g. "
+            "02:00:00:00:00:01)",
+        )
+    normal = mac.replace("-", ":").lower()
+    if int(normal[:2], 16) & 1:
+        raise CniError(
+            CODE_INVALID_CONFIG,
+            f"runtimeConfig.mac {mac} is a multicast address; an interface needs a unicast one",
+        )
+    return normal
+
+
+def check_requested_mac(mac: str, delegate: DelegateRecord, result: AttachResult) -> None:
+    """CniError unless the delegate gave its pod interface the requested MAC.
+
+    A driver whose delegate cannot set a MAC (ipvlan shares its master's)
+    is refused here, and the ADD rolled back, rather than the pod started with
+    another address than it asked for.
+    """
+    given = [
+        str(i.get("mac", "")).lower()
+        for i in result.interfaces
+        if i.get("sandbox") and i.get("name") == delegate.ifname
+    ]
+    if given != [mac]:
+        kind = delegate.config.get("type")
+        raise CniError(
+            CODE_OTHER,
+            f"runtimeConfig.mac {mac} was asked for {delegate.ifname} (NIC {delegate.nic}), but "
+            f"delegate {kind} gave it {given[0] if given and given[0] else 'another MAC'}: "
+            f"the {kind} plugin does not set a requested MAC",
+        )
 
 
 def network_of(config: Mapping[str, Any], known: MultiNicNetwork | None) -> MultiNicNetwork:
@@ -423,6 +570,8 @@ class CniServer:
         registry: PluginRegistry | None = None,
         cni_path: Sequence[str] = ("/opt/cni/bin", "/usr/lib/cni"),
         pod_resources: PodResourcesClient | None = None,
+        events: EventRecorder | None = None,
+        exec_delegates: bool = False,
     ) -> None:
         self.node = node
         self.node_state = node_state
@@ -431,11 +580,15 @@ class CniServer:
         self.registry = registry or PluginRegistry()
         self.cni_path = tuple(cni_path)
         self.pod_resources = pod_resources
+        self.events = events
+        """Where Events on pods go (best-effort, off the request path); None: nowhere."""
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._lock_users: dict[tuple[str, str], int] = {}
         self._busy: set[tuple[str, str]] = set()
         self._delegate_versions: dict[str, tuple[str, ...]] = {}
         self._adopted_from: dict[str, IPPoolSpec] = {}
+        self.exec_delegates = exec_delegates
+        """Exec every delegate binary, even where a driver offers it in process."""
 
     def preload(self) -> None:
         """Load and validate every installed plugin once, before the first pod."""
@@ -619,7 +772,7 @@ class CniServer:
         strategy = network.spec.attach_policy.strategy or "none"
         if self.pod_resources is None or (not resources and strategy in _DEVICE_BLIND_POLICIES):
             return None
-        if (request.config.get("runtimeConfig") or {}).get("deviceID"):
+        if passed_device_ids(request.config):
             return None  # Multus already passed the allocation; it wins.
         pod = request.pod
         try:
@@ -646,14 +799,7 @@ class CniServer:
             pod_args = PodArgs.from_cni_args(cni_args if isinstance(cni_args, dict) else None)
         except ValueError as e:
             raise CniError(CODE_INVALID_CONFIG, str(e)) from e
-        runtime = request.config.get("runtimeConfig") or {}
-        device_ids = runtime.get("deviceID") or []
-        if isinstance(device_ids, str):
-            device_ids = [device_ids]
-        if not isinstance(device_ids, list) or not all(isinstance(d, str) for d in device_ids):
-            raise CniError(
-                CODE_INVALID_CONFIG, f"runtimeConfig.deviceID must be a PCI address: {device_ids!r}"
-            )
+        device_ids = passed_device_ids(request.config)
         if not device_ids and pod_devices is not None:
             device_ids = pod_devices.device_ids(resources)
         if device_ids:
@@ -661,7 +807,7 @@ class CniServer:
             try:
                 nics = select_devices(device_ids, self.node_state.nics())
             except SelectionError as e:
-                raise CniError(CODE_OTHER, f"network {network.name}: {e}") from e
+                raise self._selection_failed(request, network, e) from e
             self._check_ifnames(request, nics)
             return nics
         strategy = network.spec.attach_policy.strategy or "none"
@@ -669,7 +815,14 @@ class CniServer:
             policy = self.registry.policy(strategy)
         except PluginNotFoundError as e:
             log.warning("network %s: %s; using attach policy 'none'", network.name, e)
+            self._pod_event(
+                request,
+                EVENT_POLICY_FALLBACK,
+                f"network {network.name}: attachPolicy.strategy {strategy!r}: {e}; "
+                "the NICs were chosen by attach policy 'none'",
+            )
             policy = self.registry.policy("none")
+            strategy = "none"
         selection = SelectionRequest(
             network=network,
             nics=self.node_state.nics(),
@@ -687,13 +840,50 @@ class CniServer:
         try:
             nics = policy.select_nics(selection)
         except SelectionError as e:
-            raise CniError(CODE_OTHER, f"network {network.name}: {e}") from e
+            raise self._selection_failed(request, network, e) from e
         if not nics:
-            raise CniError(
-                CODE_OTHER, f"network {network.name}: attach policy {strategy!r} selected no NIC"
+            raise self._selection_failed(
+                request,
+                network,
+                NicMissingError(f"attach policy {strategy!r} selected no NIC on node {self.node}"),
             )
         self._check_ifnames(request, nics)
+        if strategy == "none" and not (pod_args.masters or pod_args.nics):
+            self._report_missing_master_nets(request, network, nics)
         return nics
+
+    def _pod_event(self, request: CniRequest, reason: str, message: str) -> None:
+        """A Warning Event on the request's pod, when the agent has a cluster and a pod name.
+
+        Queued, never waited for: the recorder writes it in its own thread.
+        """
+        pod = request.pod
+        if self.events is not None and pod.name and pod.namespace:
+            self.events.warning(pod_ref(pod.namespace, pod.name, pod.uid), reason, message)
+
+    def _selection_failed(
+        self, request: CniRequest, network: MultiNicNetwork, error: SelectionError
+    ) -> CniError:
+        """The CNI error of a failed selection; a missing NIC is an Event on the pod too."""
+        message = f"network {network.name}: {error}"
+        if isinstance(error, NicMissingError):
+            self._pod_event(request, EVENT_NIC_MISSING, f"node {self.node}: {message}")
+        return CniError(CODE_OTHER, message)
+
+    def _report_missing_master_nets(
+        self, request: CniRequest, network: MultiNicNetwork, nics: Sequence[SelectedNic]
+    ) -> None:
+        """An Event when the pod gets fewer NICs than masterNets because the node lacks some."""
+        present = {_cidr_key(n.net_address) for n in self.node_state.nics()}
+        missing = [m for m in network.spec.master_nets if _cidr_key(m) not in present]
+        if missing:
+            self._pod_event(
+                request,
+                EVENT_NIC_MISSING,
+                f"node {self.node} has no NIC on masterNets {', '.join(missing)} of network "
+                f"{network.name}: the pod got {len(nics)} NIC(s) "
+                f"({', '.join(n.name for n in nics)}) instead of {len(network.spec.master_nets)}",
+            )
 
     def _check_ifnames(self, request: CniRequest, nics: Sequence[SelectedNic]) -> None:
         longest = f"{request.ifname}-{len(nics) - 1}"
@@ -721,11 +911,14 @@ class CniServer:
             if_name=request.ifname,
             pod=request.pod,
             static_ips=tuple(static_ips),
+            requested_ips=requested_ips(request.config),
             context={CONTEXT_JOURNAL: self.journal, CONTEXT_POOLS: pools, "node": self.node},
         )
 
     async def _attach(self, request: CniRequest) -> dict[str, Any]:
         network = network_of(request.config, self.node_state.network(request.name))
+        mac = requested_mac(request.config, request.args)
+        requested_ips(request.config)  # refused before any work when malformed
         resources = self._network_resources(request)
         nics = self._select(
             request, network, resources, await self._pod_devices(request, network, resources)
@@ -735,12 +928,27 @@ class CniServer:
         ipam_request = self._ipam_request(request, network, nics)
         ifnames = [f"{request.ifname}-{i}" for i in range(len(nics))]
         async with contextlib.AsyncExitStack() as undo:
-            sections = ipam_plugin.add(ipam_request)
+            try:
+                sections = ipam_plugin.add(ipam_request)
+            except PoolExhaustedError as e:
+                self._pod_event(
+                    request,
+                    EVENT_POOL_EXHAUSTED,
+                    f"network {network.name} on node {self.node}: {e}",
+                )
+                raise
             undo.callback(self._release, ipam_plugin, ipam_request)
             configs = [
                 main_plugin.delegate_config(request.config, nic, section)
                 for nic, section in zip(nics, sections, strict=True)
             ]
+            if mac:
+                # The first NIC's interface takes it, through the delegate's own
+                # runtimeConfig.mac (the CNI "mac" capability); checked below.
+                configs[0]["runtimeConfig"] = {
+                    **(configs[0].get("runtimeConfig") or {}),
+                    "mac": mac,
+                }
             multipath = split_multipath(configs, ifnames)
             binaries = [self._find_binary(str(c["type"]), request.path) for c in configs]
             for config, binary in zip(configs, binaries, strict=True):
@@ -769,6 +977,8 @@ class CniServer:
                         outcome, f"delegate {delegate.config['type']} ({delegate.ifname})"
                     )
                 )
+            if mac:
+                check_requested_mac(mac, delegates[0], results[0])
             if main_plugin.implements("multinic_nics_attached"):
                 # The driver's side effects outside the pod (a cloud API): in a
                 # thread, since they block; undone first on a later failure.
@@ -876,6 +1086,15 @@ class CniServer:
             )
         return version
 
+    def _inprocess(
+        self, env: Mapping[str, str], config: Mapping[str, Any]
+    ) -> InProcessDelegate | None:
+        """The driver's in-process stand-in for this delegate call, if one takes it."""
+        if self.exec_delegates:
+            return None
+        plugin = self.registry.inprocess_delegate(str(config.get("type")))
+        return plugin if plugin is not None and plugin.accepts(env, config) else None
+
     async def _run(self, binary: str, env: Mapping[str, str], stdin: str) -> tuple[int, str, str]:
         process = await asyncio.create_subprocess_exec(
             binary,
@@ -922,7 +1141,11 @@ class CniServer:
             "CNI_ARGS": args,
         }
         stdin = json.dumps(config if config is not None else delegate.config)
-        status, out, err = await self._run(delegate.binary, env, stdin)
+        inprocess = self._inprocess(env, delegate.config)
+        if inprocess is not None:
+            status, out, err = await asyncio.to_thread(inprocess.run, env, stdin)
+        else:
+            status, out, err = await self._run(delegate.binary, env, stdin)
         kind = delegate.config.get("type")
         what = f"delegate {kind} {command} for {delegate.ifname} (NIC {delegate.nic})"
         if status != 0:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from multinic_core.errors import SelectionError
+from multinic_core.errors import NicMissingError
 from multinic_core.hooktypes import SelectedNic
 from multinic_core.models import InterfaceInfo
 from multinic_core.policies import normalise_pci_address
@@ -35,7 +35,7 @@ def select_devices(
 ) -> list[SelectedNic]:
     """One SelectedNic per allocated device, in allocation order.
 
-    Raises SelectionError naming a device that is neither a NIC of this node
+    Raises NicMissingError naming a device that is neither a NIC of this node
     nor a VF of one.
     """
     by_pci = {normalise_pci_address(n.pci_address): n for n in nics if n.pci_address}
@@ -56,7 +56,7 @@ def select_devices(
         parent = by_pci.get(physical_function(pci, sysfs))
         if parent is None:
             known = ", ".join(f"{n.interface_name}={p}" for p, n in by_pci.items()) or "none"
-            raise SelectionError(
+            raise NicMissingError(
                 f"allocated device {raw!r} is neither a NIC of this node nor a VF of one "
                 f"(NICs with PCI addresses: {known})"
             )

@@ -1,6 +1,6 @@
 """The agent's access to the Kubernetes API: client settings, retries, and watches.
 
-Everything goes through the ``kubernetes`` client (the agent opens no port).
+Everything goes through the ``kubernetes`` client (the agent serves no API).
 Calls block, so the agent makes them in worker threads; a
 :class:`ResourceWatch` keeps a list+watch cache of one resource in its own
 thread, resumes from the last resourceVersion, and relists after a 410.
@@ -40,10 +40,34 @@ WATCH_TIMEOUT_S = 60
 IN_CLUSTER_ENV = "KUBERNETES_SERVICE_HOST"
 
 
-def load_api_client(kubeconfig: str = "") -> client.ApiClient | None:
+Observer = Callable[[str, str, int], None]
+"""Told of every API request: (HTTP method, URL, HTTP status; 0 when there was no answer)."""
+
+
+class ObservedApiClient(client.ApiClient):
+    """An ApiClient that tells ``observe`` about every request it makes (for the metrics)."""
+
+    def __init__(self, configuration: client.Configuration, observe: Observer) -> None:
+        super().__init__(configuration)
+        self.observe = observe
+
+    def call_api(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            response = super().call_api(method, url, *args, **kwargs)
+        except (ApiException, urllib3.exceptions.HTTPError, OSError) as e:
+            self.observe(method, url, api_status(e))
+            raise
+        self.observe(method, url, int(response.status))
+        return response
+
+
+def load_api_client(
+    kubeconfig: str = "", observe: Observer | None = None
+) -> client.ApiClient | None:
     """A client for ``kubeconfig``, else the in-cluster config, else None (no cluster).
 
-    None means the agent runs from its node-state file.
+    None means the agent runs from its node-state file.  ``observe`` is told
+    of every request the client makes.
     """
     configuration = client.Configuration()
     try:
@@ -58,7 +82,11 @@ def load_api_client(kubeconfig: str = "") -> client.ApiClient | None:
         raise ConfigError(f"{where} unusable: {e}") from e
     # Several watches and the writers share the pool.
     configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, 16)
-    api = client.ApiClient(configuration)
+    api = (
+        client.ApiClient(configuration)
+        if observe is None
+        else ObservedApiClient(configuration, observe)
+    )
     api.user_agent = "multinic-agent/0.1.0"
     return api
 

@@ -24,7 +24,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pyroute2.netlink.exceptions import NetlinkError
 
-from multinic_agent.host_routes import HostRouteTables, RouteTableError
+from multinic_agent.host_routes import HostRouteTables, RouteSync, RouteTableError
 from multinic_agent.host_sync import now_iso
 from multinic_agent.kube_api import (
     REQUEST_TIMEOUT_S,
@@ -32,6 +32,7 @@ from multinic_agent.kube_api import (
     call_with_retries,
     describe_error,
 )
+from multinic_agent.metrics import AgentMetrics
 from multinic_agent.pod_netns import in_netns
 from multinic_core.errors import ConfigError, MultinicError
 from multinic_core.models import (
@@ -62,9 +63,11 @@ class CidrRouteReconciler:
         *,
         netns: str | None = None,
         resync_interval: float = 60.0,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.objects_api: Any = client.CustomObjectsApi(api)
         self.node = node
+        self.metrics = metrics if metrics is not None else AgentMetrics()
         self.netns = netns
         self.resync_interval = resync_interval
         self.cidrs = ResourceWatch(api, CIDR.plural)
@@ -73,6 +76,8 @@ class CidrRouteReconciler:
         self.tables = HostRouteTables(state_dir)
         self.changed = asyncio.Event()
         self.passes = 0
+        self.reconciled = 0
+        """Passes that reconciled the tables with the listed CIDRs (readiness: routes synced)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self.cidrs.add_listener(self._wake)
 
@@ -105,6 +110,7 @@ class CidrRouteReconciler:
                 # Unreadable plan: keep whatever routes the last good one gave.
                 routed.add(name)
                 results[name] = _status(name, "Failed", str(e), generation)
+                self.metrics.route_failed(name)
                 continue
             if cidr.spec.config.vlan_mode not in L3_VLAN_MODES:
                 continue
@@ -114,9 +120,10 @@ class CidrRouteReconciler:
             if network in routed:
                 continue
             try:
-                removed = self.tables.remove(network)
+                removed = self._observed(self.tables.remove(network))
             except (RouteTableError, NetlinkError, OSError) as e:
                 log.error("routes of network %s (CIDR gone) not removed: %s", network, e)
+                self.metrics.route_failed(network)
                 continue
             log.info(
                 "routes of network %s removed (its CIDR is gone or not l3): %d routes and the rule",
@@ -131,8 +138,9 @@ class CidrRouteReconciler:
         if not in_plan:
             if name in self.tables.networks():
                 try:
-                    removed = self.tables.remove(name)
+                    removed = self._observed(self.tables.remove(name))
                 except (RouteTableError, NetlinkError, OSError) as e:
+                    self.metrics.route_failed(name)
                     return _status(name, "Failed", f"stale routes not removed: {e}", generation)
                 log.info(
                     "routes of network %s removed: node %s left its plan (%d routes)",
@@ -145,14 +153,19 @@ class CidrRouteReconciler:
             )
         routes = host_routes(cidr.spec, self.node)
         try:
-            sync = self.tables.reconcile(name, cidr.spec.config.subnet, routes)
+            sync = self._observed(self.tables.reconcile(name, cidr.spec.config.subnet, routes))
         except (RouteTableError, ValueError, NetlinkError, OSError) as e:
             log.error("routes of network %s: %s", name, e)
+            self.metrics.route_failed(name)
             return _status(name, "Failed", str(e), generation)
         if not sync.ok:
             return _status(name, "Failed", "; ".join(sync.errors), generation)
         # A stable message: the status is rewritten only when the routes change.
         return _status(name, "Success", f"{len(routes)} routes in table {sync.table}", generation)
+
+    def _observed(self, sync: RouteSync) -> RouteSync:
+        self.metrics.route_sync(sync)
+        return sync
 
     def write_status(self, results: dict[str, RouteSyncStatus]) -> bool:
         """Put ``results`` into the HostInterface's ``status.routes``; False if it does not exist."""
@@ -231,9 +244,12 @@ class CidrRouteReconciler:
             while True:
                 self.changed.clear()
                 wait = self.resync_interval
+                complete = False
                 try:
                     results = await asyncio.to_thread(self.reconcile_once)
-                    if not await asyncio.to_thread(self.write_status, results):
+                    self.reconciled += 1
+                    complete = await asyncio.to_thread(self.write_status, results)
+                    if not complete:
                         log.debug(
                             "HostInterface %s does not exist yet: route status later", self.node
                         )
@@ -245,6 +261,7 @@ class CidrRouteReconciler:
                         describe_error(e) if isinstance(e, ApiException) else e,
                     )
                     wait = STATUS_RETRY_S
+                self.metrics.route_pass(complete)
                 self.passes += 1
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.changed.wait(), wait)

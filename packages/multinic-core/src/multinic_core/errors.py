@@ -41,6 +41,11 @@ class SelectionError(MultinicError):
     """An attach policy cannot select NICs for a pod (bad pod args, missing class...)."""
 
 
+class NicMissingError(SelectionError):
+    """The NICs a pod needs are not on its node (none of the network's, a named or
+    allocated one, or fewer than it asked for)."""
+
+
 class TryAgainError(MultinicError):
     """A transient condition; the caller should retry later (CNI code 11)."""
 

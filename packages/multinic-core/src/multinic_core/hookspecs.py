@@ -8,7 +8,8 @@ the value users write in a ``MultiNicNetwork``:
 * ``multinic.main_plugins`` -- ``spec.plugin.type``: implements
   ``multinic_network_attachment`` and ``multinic_delegate_config``, optionally
   ``multinic_dependent_objects`` and ``multinic_nics_attached`` /
-  ``multinic_nics_detached`` (side effects outside the pod, e.g. a cloud API).
+  ``multinic_nics_detached`` (side effects outside the pod, e.g. a cloud API)
+  and ``multinic_inprocess_delegate`` (a delegate run inside the agent).
 * ``multinic.policies`` -- ``spec.attachPolicy.strategy``: implements
   ``multinic_select_nics``.
 * ``multinic.ipam`` -- the ``type`` of ``spec.ipam``: implements
@@ -30,6 +31,7 @@ import pluggy
 from multinic_core.hooktypes import (
     ClusterReader,
     DependentObject,
+    InProcessDelegate,
     IpamRequest,
     NetworkAttachment,
     NicAttachment,
@@ -146,6 +148,25 @@ def multinic_nics_detached(attachments: Sequence[NicAttachment]) -> bool:
     raise NotImplementedError
 
 
+@hookspec(firstresult=True)
+def multinic_inprocess_delegate(plugin_type: str) -> InProcessDelegate | None:
+    """Offer to run delegate CNI plugin ``plugin_type`` inside the agent instead of exec'ing it.
+
+    Optional.  Called by the agent once per delegate type (the ``type`` of the
+    delegate configs of any network), of every installed main plugin that
+    implements it; the first object returned is used for every delegate of
+    that type whose config it ``accepts``, the others are exec'd as always.
+    The object must behave exactly as the binary (same links, addresses,
+    routes, sysctls, result JSON and error codes): the agent's
+    ``--exec-delegates`` turns it off and the binary must be a drop-in.
+
+    :param plugin_type: a delegate ``type`` (``macvlan``).
+    :returns: an :class:`~multinic_core.hooktypes.InProcessDelegate`, or
+        ``None`` for a type the plugin does not run in process.
+    """
+    raise NotImplementedError
+
+
 # ---------------------------------------------------------------------------
 # Attach policies (group ``multinic.policies``)
 # ---------------------------------------------------------------------------
@@ -178,7 +199,9 @@ def multinic_ipam_add(request: IpamRequest) -> list[dict[str, Any]]:
     Called by the agent during ADD after selection; must be idempotent per
     ``(request.container_id, request.if_name)``, and durable before it returns.
 
-    :param request: the network, its parsed ``ipam`` config, the selected NICs.
+    :param request: the network, its parsed ``ipam`` config, the selected NICs,
+        and ``requested_ips`` (``runtimeConfig.ips``): a plugin gives exactly
+        those addresses, or raises ``ConfigError`` when it cannot.
     :returns: one delegate ``ipam`` section per NIC, in NIC order: either
         ``{"type": "static", "addresses": [...], "routes": [...]}`` or a
         single-NIC IPAM config for the delegate to run.

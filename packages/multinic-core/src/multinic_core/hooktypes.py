@@ -187,7 +187,38 @@ class IpamRequest:
     pod: PodRef = field(default_factory=PodRef)
     static_ips: Sequence[str] = ()
     """Addresses requested with ``IP=`` in CNI_ARGS, in NIC order."""
+    requested_ips: Sequence[str] = ()
+    """Addresses the runtime asked for with the CNI ``ips`` capability
+    (``runtimeConfig.ips``, from the pod's Multus annotation): ``ADDRESS`` or
+    ``ADDRESS/PREFIX``.  A plugin gives exactly these or raises ``ConfigError``
+    (never a silent other address)."""
     context: Mapping[str, Any] = field(default_factory=dict)
     """Services of the agent, by name: ``"node"`` (this node's name), ``"pools"``
     (interface name -> ``IPPoolSpec`` of this node for the network, on ADD) and
     ``"allocations"`` (the node's durable allocation journal of multinic-ipam)."""
+
+
+class InProcessDelegate(Protocol):
+    """A delegate CNI plugin run inside the agent instead of exec'd (``multinic_inprocess_delegate``).
+
+    The contract is the exec'd plugin's: :meth:`run` takes the environment
+    (``CNI_COMMAND``, ``CNI_NETNS``, ``CNI_IFNAME``, ``CNI_ARGS``...) and the
+    config on stdin, and answers ``(exit status, stdout, stderr)`` exactly as
+    the binary of the same type would, error JSON and codes included, so the
+    agent treats both alike.  It runs in a worker thread of the agent, in the
+    agent's network namespace, and must leave that thread there.
+    ``multinic_core.inprocess.InProcessPlugin`` implements the CNI plumbing
+    around a driver's ``add``/``delete``/``check``.
+    """
+
+    def accepts(self, env: Mapping[str, str], config: Mapping[str, Any]) -> bool:
+        """Whether this call is one it does exactly as the binary; else the agent execs it.
+
+        Decided from the config (and ``CNI_ARGS``) alone, so ADD, CHECK and DEL
+        of one attachment go the same way.
+        """
+        ...
+
+    def run(self, env: Mapping[str, str], stdin: str) -> tuple[int, str, str]:
+        """One CNI call: ``(exit status, stdout, stderr)``; never raises."""
+        ...

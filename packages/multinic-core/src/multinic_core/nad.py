@@ -22,6 +22,12 @@ GENERATED_LABEL = "multi-nic-cni-generated"
 RESOURCE_NAME_ANNOTATION = "k8s.v1.cni.cncf.io/resourceName"
 """Annotation naming the device-plugin resource a pod of this NAD must request."""
 
+RUNTIME_CAPABILITIES = {"ips": True, "mac": True}
+"""The CNI capabilities the agent honours (CNI conventions): with them declared,
+Multus (libcni) passes a pod's requested addresses and MAC as
+``runtimeConfig.ips`` / ``runtimeConfig.mac``.  Multus' ``deviceID`` needs no
+capability (it writes the top-level ``deviceID`` itself)."""
+
 # The defaults of the Config object, so that rendering without one agrees with it.
 DEFAULT_CNI_TYPE: str = ConfigSpec().cni_type
 DEFAULT_DAEMON_PORT: int = ConfigSpec().daemon.port
@@ -41,8 +47,9 @@ def nad_config(
     :returns: ``cniVersion`` (the plugin's), ``name``, ``type`` (the CNI shim),
         ``ipam`` (the parsed ipam JSON), ``dns`` (the plugin's, or ``{}``),
         ``plugin`` (the driver's block), ``subnet``, ``masterNets``,
-        ``multiNICIPAM``, and the predecessor's ``daemonIP``/``daemonPort``
-        (kept for compatibility; the shim uses the agent's unix socket).
+        ``multiNICIPAM``, the predecessor's ``daemonIP``/``daemonPort``
+        (kept for compatibility; the shim uses the agent's unix socket), and
+        ``capabilities`` (:data:`RUNTIME_CAPABILITIES`).
     """
     plugin = canonical_json(attachment.plugin)
     dns = network.spec.plugin.dns
@@ -60,6 +67,7 @@ def nad_config(
         "multiNICIPAM": network.spec.multi_nic_ipam,
         "daemonIP": "",
         "daemonPort": daemon_port,
+        "capabilities": dict(RUNTIME_CAPABILITIES),
     }
 
 

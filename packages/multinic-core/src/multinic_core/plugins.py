@@ -31,6 +31,7 @@ from multinic_core.errors import GROUP_KINDS, MultinicError, PluginError, Plugin
 from multinic_core.hooktypes import (
     ClusterReader,
     DependentObject,
+    InProcessDelegate,
     IpamRequest,
     NetworkAttachment,
     NicAttachment,
@@ -175,6 +176,26 @@ class MainPlugin(LoadedPlugin):
         if self.implements("multinic_nics_detached"):
             self.call("multinic_nics_detached", attachments=tuple(attachments))
 
+    def inprocess_delegate(self, plugin_type: str) -> InProcessDelegate | None:
+        """The driver's in-process stand-in for delegate ``plugin_type``; None when it has none."""
+        if not self.implements("multinic_inprocess_delegate"):
+            return None
+        try:
+            found = self.manager.hook.multinic_inprocess_delegate(plugin_type=plugin_type)
+        except Exception as e:
+            raise PluginError(
+                f"{self.info.kind} {self.name!r} ({self.info.distribution}) failed in "
+                f"multinic_inprocess_delegate: {type(e).__name__}: {e}"
+            ) from e
+        if found is not None and not (
+            callable(getattr(found, "run", None)) and callable(getattr(found, "accepts", None))
+        ):
+            raise PluginError(
+                f"{self.info.kind} {self.name!r} ({self.info.distribution}) returned "
+                f"{found!r} from multinic_inprocess_delegate, not an object with accepts and run"
+            )
+        return found  # type: ignore[no-any-return]
+
 
 class AttachPolicyPlugin(LoadedPlugin):
     """An attach policy from ``multinic.policies`` (none, costOpt, ...)."""
@@ -264,6 +285,7 @@ class PluginRegistry:
 
     def __init__(self) -> None:
         self._loaded: dict[tuple[str, str], LoadedPlugin] = {}
+        self._inprocess: dict[str, InProcessDelegate | None] = {}
 
     def load(self, group: str, name: str) -> LoadedPlugin:
         """Load, validate and keep the plugin ``name`` of ``group``."""
@@ -317,6 +339,38 @@ class PluginRegistry:
 
     def ipam(self, name: str) -> IpamPlugin:
         return self._typed(IPAM, name, IpamPlugin)
+
+    def inprocess_delegate(self, plugin_type: str) -> InProcessDelegate | None:
+        """The in-process stand-in some installed main plugin offers for ``plugin_type``.
+
+        Asked once per type (the answer is kept), of the main plugin named
+        like the type first, then of the others by name; a main plugin that
+        fails to load is skipped (it is reported where it is used).  None:
+        no driver offers one, the delegate is exec'd.
+        """
+        if plugin_type in self._inprocess:
+            return self._inprocess[plugin_type]
+        names = sorted(
+            {
+                ep.name
+                for ep in stevedore.ExtensionManager(namespace=MAIN_PLUGINS).list_entry_points()
+            }
+        )
+        if plugin_type in names:
+            names.remove(plugin_type)
+            names.insert(0, plugin_type)
+        found: InProcessDelegate | None = None
+        for name in names:
+            try:
+                found = self.main_plugin(name).inprocess_delegate(plugin_type)
+            except PluginError as e:
+                log.debug("main plugin %r: no in-process delegate %r: %s", name, plugin_type, e)
+                continue
+            if found is not None:
+                log.info("delegate %r runs in process, from main plugin %r", plugin_type, name)
+                break
+        self._inprocess[plugin_type] = found
+        return found
 
     def _typed(self, group: str, name: str, cls: type[P]) -> P:
         plugin = self.load(group, name)

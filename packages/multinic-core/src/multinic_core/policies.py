@@ -31,7 +31,7 @@ from typing import ClassVar
 
 import netaddr
 
-from multinic_core.errors import SelectionError
+from multinic_core.errors import NicMissingError, SelectionError
 from multinic_core.hookspecs import hookimpl
 from multinic_core.hooktypes import SelectedNic, SelectionRequest
 from multinic_core.models import InterfaceInfo, MultiNicNetwork
@@ -123,7 +123,7 @@ def resolve_masters(pool: Sequence[InterfaceInfo], masters: Sequence[str]) -> li
     by_name = {nic.interface_name: nic for nic in pool}
     unknown = [name for name in masters if name not in by_name]
     if unknown:
-        raise SelectionError(
+        raise NicMissingError(
             f"cni-args masters names unknown interface(s) {', '.join(unknown)}; "
             f"available: {_names(pool)}"
         )
@@ -140,7 +140,7 @@ def take(ranked: Sequence[InterfaceInfo], count: int) -> list[InterfaceInfo]:
     shortfall: the pod would start with fewer interfaces than it requested.
     """
     if count > len(ranked):
-        raise SelectionError(
+        raise NicMissingError(
             f"cni-args nics={count} but only {len(ranked)} NIC(s) are available: {_names(ranked)}"
         )
     return list(ranked[:count] if count > 0 else ranked)
@@ -231,7 +231,7 @@ class NicSelectionPolicy:
         """Select NICs for one pod; raises SelectionError when that is impossible."""
         pool = self.filter(request, network_order(request.network, request.nics))
         if not pool:
-            raise SelectionError(
+            raise NicMissingError(
                 f"attach policy {self.strategy!r}: no NIC of network "
                 f"{request.network.name!r} on this node"
                 + _master_nets_hint(request.network)

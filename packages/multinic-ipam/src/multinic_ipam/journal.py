@@ -50,6 +50,10 @@ class PoolExhaustedError(MultinicError):
     """An IPPool has no free address left."""
 
 
+class AddressInUseError(TryAgainError):
+    """A requested address is held by another attachment (free again once that pod goes)."""
+
+
 @dataclass(frozen=True)
 class PoolBlock:
     """One host's address block on one NIC: the part of an IPPool allocation needs."""
@@ -83,6 +87,20 @@ class PoolBlock:
             if low <= high:
                 ranges.append((low - net.first, high - net.first))
         return sorted(ranges)
+
+    def capacity(self) -> int:
+        """How many addresses the pool can hand out: indexes 1..size-2 (as ``_choose``
+        picks them) that no exclude covers."""
+        last = int(parse_cidr(self.pod_cidr).size) - 2
+        if last < 1:
+            return 0
+        excluded, covered = 0, 0  # covered: the highest index counted so far
+        for begin, end in self.excluded_indexes():  # sorted; excludes may overlap
+            low, high = max(begin, 1, covered + 1), min(end, last)
+            if low <= high:
+                excluded += high - low + 1
+                covered = high
+        return last - excluded
 
 
 @dataclass(frozen=True)
@@ -346,12 +364,21 @@ class AllocationJournal:
         *,
         pod: str = "",
         namespace: str = "",
+        requested: Mapping[str, str] | None = None,
     ) -> list[AllocationEntry]:
         """One address from each block, for one attachment, all or none.
+
+        ``requested`` maps block names to the address the pod asked for in
+        that block (the CNI ``ips`` capability); it is given exactly, even if
+        released a moment ago, or not at all: ConfigError when the block
+        never hands it out (its network or last address, excluded, outside
+        it), AddressInUseError naming the holder when another attachment
+        holds it.  Other blocks get the next free address.
 
         Idempotent: the same (network, containerID, ifName) gets the addresses
         it already holds.  Raises PoolExhaustedError naming the full pool.
         """
+        requested = requested or {}
         key = (network, container_id, if_name)
         with self._lock:
             held = self._by_key.get(key)
@@ -371,7 +398,10 @@ class AllocationJournal:
                 )
             chosen: list[AllocationEntry] = []
             for block in blocks:
-                index = self._choose(block, {e.slot for e in chosen})
+                if block.name in requested:
+                    index: int | None = self._requested(block, requested[block.name], network)
+                else:
+                    index = self._choose(block, {e.slot for e in chosen})
                 if index is None:
                     raise PoolExhaustedError(
                         f"IPPool {block.name} ({block.pod_cidr}) has no free address "
@@ -451,6 +481,32 @@ class AllocationJournal:
             and version == net.version
             and net.first <= value <= net.last
         )
+
+    def _requested(self, block: PoolBlock, address: str, network: str) -> int:
+        """The index of ``address`` in ``block``, when the block may give it out now."""
+        net = parse_cidr(block.pod_cidr)
+        try:
+            ip = netaddr.IPAddress(address)
+        except (netaddr.AddrFormatError, ValueError, TypeError) as e:
+            raise ConfigError(f"requested address {address!r} is not an IP address") from e
+        where = f"IPPool {block.name} ({block.pod_cidr})"
+        if ip.version != net.version or ip not in net:
+            raise ConfigError(f"requested address {ip} is not in {where}")
+        index = int(ip) - int(net.first)
+        if index == 0 or index >= net.size - 1:
+            what = "network" if index == 0 else "last"
+            raise ConfigError(f"requested address {ip} is the {what} address of {where}")
+        if block not in self._excluded:
+            self._excluded[block] = block.excluded_indexes()
+        if any(low <= index <= high for low, high in self._excluded[block]):
+            raise ConfigError(f"requested address {ip} is excluded from {where}")
+        holders = self._held.get(address_slot(block.interface_name, str(ip)))
+        if holders:
+            raise AddressInUseError(
+                f"requested address {ip} of network {network} is held by {holders[0].holder}; "
+                "it can be given once that attachment is deleted"
+            )
+        return index
 
     def _choose(self, block: PoolBlock, taken: set[Slot]) -> int | None:
         """Next free index after the highest used one, then the lowest free one.

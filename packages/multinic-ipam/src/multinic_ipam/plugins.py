@@ -71,8 +71,61 @@ def routes_for_nic(
     return chosen
 
 
+def requested_address(value: str) -> netaddr.IPAddress:
+    """The address of a ``runtimeConfig.ips`` entry (``ADDRESS`` or ``ADDRESS/PREFIX``)."""
+    try:
+        return netaddr.IPNetwork(value).ip if "/" in value else netaddr.IPAddress(value)
+    except (netaddr.AddrFormatError, ValueError, TypeError) as e:
+        raise ConfigError(
+            f"runtimeConfig.ips entry {value!r} is not an IP address (or ADDRESS/PREFIX)"
+        ) from e
+
+
+def requested_by_pool(
+    network: str, requested: Sequence[str], blocks: Sequence[PoolBlock]
+) -> dict[str, str]:
+    """Which pool gives which requested address: the selected NIC's pool that contains it.
+
+    Each address goes to the NIC whose pool on this node holds it (its prefix
+    is not used: a NIC's address always has its vlanCIDR's prefix).  Raises
+    ConfigError for an address in no selected NIC's pool (pools are per
+    node: it may be another node's) and for two addresses of one NIC.
+    """
+    found: dict[str, str] = {}
+    for value in requested:
+        address = requested_address(value)
+        pool = next((b for b in blocks if address in parse_cidr(b.pod_cidr)), None)
+        if pool is None:
+            pools = ", ".join(f"{b.interface_name} {b.pod_cidr}" for b in blocks) or "none"
+            raise ConfigError(
+                f"runtimeConfig.ips {value!r} is in none of this node's IPPools of network "
+                f"{network} for the selected NICs ({pools}); a requested address must be in "
+                "the pool of the node the pod runs on"
+            )
+        if pool.name in found:
+            raise ConfigError(
+                f"runtimeConfig.ips asks for {found[pool.name]} and {address} on NIC "
+                f"{pool.interface_name} (IPPool {pool.name}): one address per NIC"
+            )
+        found[pool.name] = str(address)
+    return found
+
+
+def refuse_requested_ips(request: IpamRequest, ipam_type: str) -> None:
+    """ConfigError when the runtime asked for addresses an IPAM type cannot give."""
+    if request.requested_ips:
+        raise ConfigError(
+            f"runtimeConfig.ips ({', '.join(request.requested_ips)}) cannot be honoured with "
+            f"ipam type {ipam_type!r}: requested addresses need multi-nic-ipam or multi-config"
+        )
+
+
 class MultiNicIpam:
-    """``multi-nic-ipam``: addresses for all selected NICs at once, from this node's IPPools."""
+    """``multi-nic-ipam``: addresses for all selected NICs at once, from this node's IPPools.
+
+    Addresses the pod requested (``runtimeConfig.ips``) are given exactly, each
+    on the NIC whose pool contains it; the other NICs get the next free one.
+    """
 
     @hookimpl
     def multinic_ipam_add(self, request: IpamRequest) -> list[dict[str, Any]]:
@@ -97,6 +150,7 @@ class MultiNicIpam:
             blocks,
             pod=request.pod.name,
             namespace=request.pod.namespace,
+            requested=requested_by_pool(request.network.name, request.requested_ips, blocks),
         )
         dns = config.dns.model_dump(mode="json", exclude_defaults=True) if config.dns else {}
         sections: list[dict[str, Any]] = []
@@ -120,13 +174,13 @@ class MultiNicIpam:
         return True
 
 
-def _static_address(value: str, nic: SelectedNic) -> dict[str, str]:
+def _static_address(value: str, nic: SelectedNic, source: str = "CNI_ARGS IP=") -> dict[str, str]:
     try:
         netaddr.IPNetwork(value)
     except (netaddr.AddrFormatError, ValueError, TypeError) as e:
-        raise ConfigError(f"CNI_ARGS IP={value!r} for {nic.name} is not ADDRESS/PREFIX") from e
+        raise ConfigError(f"{source}{value!r} for {nic.name} is not ADDRESS/PREFIX") from e
     if "/" not in value:
-        raise ConfigError(f"CNI_ARGS IP={value!r} for {nic.name} needs a prefix length")
+        raise ConfigError(f"{source}{value!r} for {nic.name} needs a prefix length")
     return {"address": value}
 
 
@@ -137,11 +191,19 @@ class MultiConfigIpam:
     A NIC's config may name its own ``type`` (``{"eth2": {"type": "static",
     "addresses": [...]}}``), which wins over ``ipam_type``; ``ipam_type`` is
     needed only for NIC configs without one.  Static addresses from CNI_ARGS
-    ``IP=`` win, in NIC order.
+    ``IP=`` win, in NIC order; without them the requested ``runtimeConfig.ips``
+    (``ADDRESS/PREFIX``), in NIC order too.
     """
 
     @hookimpl
     def multinic_ipam_add(self, request: IpamRequest) -> list[dict[str, Any]]:
+        static_ips = request.static_ips or request.requested_ips
+        source = "CNI_ARGS IP=" if request.static_ips else "runtimeConfig.ips "
+        if not request.static_ips and len(static_ips) > len(request.nics):
+            raise ConfigError(
+                f"runtimeConfig.ips has {len(static_ips)} addresses ({', '.join(static_ips)}) "
+                f"for {len(request.nics)} NIC(s): at most one per NIC"
+            )
         ipam_type = request.ipam.get("ipam_type")
         if ipam_type is not None and (not isinstance(ipam_type, str) or not ipam_type):
             raise ConfigError(f"ipam.ipam_type must name an IPAM plugin, not {ipam_type!r}")
@@ -150,8 +212,8 @@ class MultiConfigIpam:
             raise ConfigError(f"ipam.args must map interface names to IPAM configs: {per_nic!r}")
         sections: list[dict[str, Any]] = []
         for position, nic in enumerate(request.nics):
-            if position < len(request.static_ips):
-                address = _static_address(request.static_ips[position], nic)
+            if position < len(static_ips):
+                address = _static_address(static_ips[position], nic, source)
                 sections.append({"type": "static", "addresses": [address]})
                 continue
             config = per_nic.get(nic.name)
@@ -182,6 +244,7 @@ class HostDeviceIpam:
 
     @hookimpl
     def multinic_ipam_add(self, request: IpamRequest) -> list[dict[str, Any]]:
+        refuse_requested_ips(request, "host-device-ipam")
         sections: list[dict[str, Any]] = []
         for nic in request.nics:
             if not nic.host_ip or not nic.net_address:
@@ -205,6 +268,7 @@ class PassThroughIpam:
 
     @hookimpl
     def multinic_ipam_add(self, request: IpamRequest) -> list[dict[str, Any]]:
+        refuse_requested_ips(request, str(request.ipam.get("type", "")))
         return [copy.deepcopy(dict(request.ipam)) for _ in request.nics]
 
     @hookimpl
@@ -222,6 +286,7 @@ class StaticIpam:
 
     @hookimpl
     def multinic_ipam_add(self, request: IpamRequest) -> list[dict[str, Any]]:
+        refuse_requested_ips(request, "static")
         addresses = request.ipam.get("addresses") or []
         if not isinstance(addresses, list):
             raise ConfigError(f"ipam.addresses must be a list, not {addresses!r}")

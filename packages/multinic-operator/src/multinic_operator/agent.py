@@ -15,6 +15,7 @@ import json
 import logging
 from typing import Any
 
+from multinic_core.errors import ConfigError
 from multinic_core.models import (
     API_VERSION,
     Config,
@@ -55,6 +56,28 @@ REQUIRED_MOUNTS = (
 OPTIONAL_POD_KEYS = ("nodeSelector", "imagePullSecrets")
 # Network namespaces are mounted by the runtime after the agent starts.
 PROPAGATED_MOUNTS = frozenset({"/var/run/netns"})
+HEALTH_PORT_NAME = "health"
+
+
+def agent_probes(port: int) -> dict[str, Any]:
+    """The agent container's port and probes: the Config's ``daemon.port`` serves
+    ``/healthz``, ``/readyz`` and ``/metrics`` (host network, so on the node's addresses).
+
+    The startup probe gives a long journal replay five minutes before liveness
+    counts; readiness gates the DaemonSet's rolling update node by node.
+    """
+    probe = {"httpGet": {"path": "/healthz", "port": HEALTH_PORT_NAME}, "timeoutSeconds": 5}
+    return {
+        "ports": [{"name": HEALTH_PORT_NAME, "containerPort": port, "protocol": "TCP"}],
+        "startupProbe": {**probe, "periodSeconds": 2, "failureThreshold": 150},
+        "livenessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 6},
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": HEALTH_PORT_NAME},
+            "timeoutSeconds": 5,
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+    }
 
 
 def default_config(image: str = DEFAULT_AGENT_IMAGE) -> dict[str, Any]:
@@ -82,11 +105,18 @@ def agent_daemonset(
     """The agent DaemonSet for ``config`` in ``namespace``.
 
     hostNetwork, hostPID, privileged (unless the Config gives a securityContext),
-    its own ServiceAccount, ``multinic-agent --node $(NODE_NAME)`` with
-    NODE_NAME from the downward API, and ``multinic-agent install-cni --shim compiled`` as an
-    init container that copies the CNI shim into the host's CNI bin dir.
+    its own ServiceAccount, ``multinic-agent --node $(NODE_NAME) --health-address
+    :<daemon.port>`` with NODE_NAME from the downward API and probes of that
+    port, and ``multinic-agent install-cni --shim compiled`` as an init
+    container that copies the CNI shim into the host's CNI bin dir.  Raises
+    ConfigError when ``daemon.port`` is not a TCP port.
     """
     daemon = config.spec.daemon
+    if not 1 <= daemon.port <= 65535:
+        raise ConfigError(
+            f"Config {config.name}: daemon.port {daemon.port} is not a TCP port (1-65535); "
+            "it is the agent's health and metrics port"
+        )
     image = daemon.image or image
     mounts = _mounts(config.spec)
     volume_mounts = []
@@ -108,10 +138,17 @@ def agent_daemonset(
     container: dict[str, Any] = {
         "name": "agent",
         "image": image,
-        "command": ["multinic-agent", "--node", "$(NODE_NAME)"],
+        "command": [
+            "multinic-agent",
+            "--node",
+            "$(NODE_NAME)",
+            "--health-address",
+            f":{daemon.port}",
+        ],
         "env": env,
         "securityContext": security,
         "volumeMounts": volume_mounts,
+        **agent_probes(daemon.port),
     }
     if daemon.env_from:
         container["envFrom"] = daemon.env_from
@@ -165,7 +202,17 @@ def agent_daemonset(
         "spec": {
             "selector": {"matchLabels": {"app.kubernetes.io/name": AGENT_NAME}},
             "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
-            "template": {"metadata": {"labels": dict(APP_LABELS)}, "spec": pod_spec},
+            "template": {
+                "metadata": {
+                    "labels": dict(APP_LABELS),
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(daemon.port),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": pod_spec,
+            },
         },
     }
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -38,6 +39,7 @@ class ReconcileBatcher:
         *,
         window: float = DEFAULT_WINDOW,
         retry_delay: float = 1.0,
+        observe: Callable[[bool, bool, float], None] | None = None,
     ) -> None:
         self._reconcile = reconcile
         self.window = window
@@ -48,7 +50,15 @@ class ReconcileBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.batches = 0
         """Number of batches reconciled successfully."""
+        self.full_batches = 0
+        """Of those, the ones that re-planned every network (readiness: caught up)."""
         self.failures = 0
+        self.last_error = ""
+        """Why the last batch failed ("" after a success)."""
+        self.observe = observe
+        """Told of every batch: (every network?, succeeded?, seconds)."""
+        self.networks_known = 0
+        """Networks at the last full re-plan (when ``reconcile`` returns a list per network)."""
 
     def request(self, names: Iterable[str] | None = None) -> None:
         """Ask for a reconcile of ``names`` (of every network when None)."""
@@ -70,6 +80,13 @@ class ReconcileBatcher:
     def pending(self) -> bool:
         return self._all or bool(self._names)
 
+    @property
+    def depth(self) -> int:
+        """Networks waiting for the next batch; a request for all counts as the networks known."""
+        if self._all:
+            return max(len(self._names), self.networks_known, 1)
+        return len(self._names)
+
     async def run(self) -> None:
         """Process batches until cancelled."""
         self._loop = asyncio.get_running_loop()
@@ -88,10 +105,14 @@ class ReconcileBatcher:
             if not everything and not names:
                 continue
             wanted = None if everything else names
+            started = time.perf_counter()
             try:
-                await asyncio.to_thread(self._reconcile, wanted)
+                outcome = await asyncio.to_thread(self._reconcile, wanted)
             except Exception as e:
                 self.failures += 1
+                self.last_error = str(e) or type(e).__name__
+                if self.observe is not None:
+                    self.observe(everything, False, time.perf_counter() - started)
                 if isinstance(e, MultinicError):
                     log.warning("batched reconcile failed, retrying in %.1fs: %s", delay, e)
                 else:
@@ -101,5 +122,11 @@ class ReconcileBatcher:
                 delay = min(delay * 2, MAX_RETRY_DELAY)
                 continue
             self.batches += 1
+            self.full_batches += everything
+            if everything and isinstance(outcome, list):
+                self.networks_known = len(outcome)
+            self.last_error = ""
+            if self.observe is not None:
+                self.observe(everything, True, time.perf_counter() - started)
             delay = self.retry_delay
             log.debug("batch %d reconciled %s", self.batches, "all" if everything else names)

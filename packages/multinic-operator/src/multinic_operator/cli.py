@@ -1,4 +1,4 @@
-"""``multinic-operator [--kubeconfig P] [--namespace NS]``: run the operator."""
+"""``multinic-operator [--kubeconfig P] [--namespace NS] [--health-address A]``: run the operator."""
 
 from __future__ import annotations
 
@@ -16,16 +16,19 @@ from typing import Any
 import kopf
 from kubernetes import client
 
-from multinic_core.errors import MultinicError
+from multinic_core.errors import ConfigError, MultinicError
 from multinic_operator.agent import DEFAULT_AGENT_IMAGE
 from multinic_operator.batching import DEFAULT_WINDOW
 from multinic_operator.handlers import OperatorServices, run_operator
+from multinic_operator.health import OperatorHealth, start_health_port
 from multinic_operator.kube import KubeApi, load_client_configuration
 from multinic_operator.leader import LeaderElection
+from multinic_operator.metrics import OperatorMetrics
 
 log = logging.getLogger(__name__)
 
 DEFAULT_NAMESPACE = "multinic-system"
+DEFAULT_HEALTH_ADDRESS = ":9740"
 
 
 def connection_info(configuration: client.Configuration) -> kopf.ConnectionInfo:
@@ -78,16 +81,27 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no leader election (only when exactly one replica runs)",
     )
+    parser.add_argument(
+        "--health-address",
+        default=os.environ.get("MULTINIC_HEALTH_ADDRESS", DEFAULT_HEALTH_ADDRESS),
+        help="HOST:PORT, :PORT (every address) or off: the port serving /healthz, /readyz and "
+        "/metrics (default %(default)s)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
 
 def run_with_leader_election(
-    services: OperatorServices, configuration: client.Configuration, namespace: str
+    services: OperatorServices,
+    configuration: client.Configuration,
+    namespace: str,
+    health: OperatorHealth | None = None,
 ) -> int:
     """Wait for the Lease, act while holding it; 1 when leadership was lost."""
     identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     election = LeaderElection(services.api, namespace, identity)
+    if health is not None:
+        health.waiting_for_lease(election)
     waiting = threading.Event()
 
     def stop_waiting(signum: int, _frame: Any) -> None:
@@ -111,9 +125,15 @@ def run_with_leader_election(
         stop_operator.set()
 
     election.keep(on_lost, stop_renewing)
+    if health is not None:
+        health.acts()
     try:
         run_operator(
-            services, login=lambda **_: connection_info(configuration), stop_flag=stop_operator
+            services,
+            login=lambda **_: connection_info(configuration),
+            stop_flag=stop_operator,
+            ready_flag=health.kopf_ready if health else None,
+            on_loop=health.kopf_loop if health else None,
         )
     finally:
         stop_renewing.set()
@@ -136,23 +156,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # the kubernetes client raises several unrelated types here
         print(f"multinic-operator: cannot load Kubernetes credentials: {e}", file=sys.stderr)
         return 2
-    api = KubeApi(configuration)
+    api = KubeApi(configuration, metrics=OperatorMetrics())
     services = OperatorServices.create(
         api, args.namespace, agent_image=args.agent_image, batch_window=args.batch_window
     )
+    health = OperatorHealth(services.batcher, api.metrics)
+    try:
+        health_port = start_health_port(args.health_address, health)
+    except ConfigError as e:
+        print(f"multinic-operator: {e}", file=sys.stderr)
+        api.close()
+        return 2
     try:
         if args.standalone:
+            health.acts()
             run_operator(
                 services,
                 login=lambda **_: connection_info(configuration),
                 stop_flag=threading.Event(),
+                ready_flag=health.kopf_ready,
+                on_loop=health.kopf_loop,
             )
             return 0
-        return run_with_leader_election(services, configuration, args.namespace)
+        return run_with_leader_election(services, configuration, args.namespace, health)
     except MultinicError as e:
         print(f"multinic-operator: {e}", file=sys.stderr)
         return 1
     finally:
+        if health_port is not None:
+            health_port.stop()
         api.close()
 
 

@@ -7,8 +7,9 @@ work is done by plain objects (``NetworkReconciler``, ``AgentDeployer``,
 
 * MultiNicNetwork create/update/resume -> reconcile that network now;
   delete -> clean up everything made for it, then kopf drops the finalizer.
-* HostInterface changes, Node additions/deletions, new namespaces and Config
-  changes -> a batched reconcile of every network.
+* HostInterface changes, Node additions/deletions, new namespaces (seen by
+  the list/watch caches of ``multinic_operator.cache``) and Config changes
+  -> a batched reconcile of every network.
 * Config ``multi-nicd`` create/update/resume -> the agent DaemonSet.
 """
 
@@ -16,21 +17,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
 from multinic_core.errors import ConfigError
-from multinic_core.models import GROUP, POOL_RETIRED_LABEL, VERSION, Config
+from multinic_core.events import EventRecorder
+from multinic_core.models import GROUP, VERSION, Config
 from multinic_core.plugins import PluginRegistry
 from multinic_operator.agent import DEFAULT_AGENT_IMAGE, AgentDeployer
 from multinic_operator.batching import DEFAULT_WINDOW, ReconcileBatcher
-from multinic_operator.desired import POOL_NETWORK_LABEL
+from multinic_operator.cache import ClusterCache
+from multinic_operator.events import operator_event_recorder
 from multinic_operator.kube import KubeApi, KubeApiError
 from multinic_operator.reconciler import NetworkReconciler
 
@@ -40,6 +42,7 @@ FINALIZER = "multinic.fms.io/cleanup"
 COMPONENT = "multinic-operator"
 RETRY_DELAY = 5.0
 RESYNC_SECONDS = 300.0
+CACHE_SYNC_SECONDS = 60.0
 
 
 @dataclass
@@ -51,6 +54,8 @@ class OperatorServices:
     reconciler: NetworkReconciler
     deployer: AgentDeployer
     batcher: ReconcileBatcher
+    events: EventRecorder | None = None
+    cache: ClusterCache | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -63,13 +68,25 @@ class OperatorServices:
         batch_window: float = DEFAULT_WINDOW,
         registry: PluginRegistry | None = None,
     ) -> OperatorServices:
-        reconciler = NetworkReconciler(api, registry)
+        # A client of its own: Events, written in the background, stay out of
+        # the request counts by which a reconcile's API work is measured.
+        events = operator_event_recorder(KubeApi(api.configuration))
+        # The informers' watches hold their connections: a pool of their own.
+        cache = ClusterCache(KubeApi(api.configuration, metrics=api.metrics))
+        reconciler = NetworkReconciler(api, registry, events=events, view=cache)
+        batcher = ReconcileBatcher(
+            reconciler.reconcile_many, window=batch_window, observe=api.metrics.batch_reconciled
+        )
+        cache.listen(batcher.request_threadsafe)
+        api.metrics.watch_queue(lambda: batcher.depth)
         return cls(
             api=api,
             namespace=namespace,
             reconciler=reconciler,
             deployer=AgentDeployer(api, namespace, agent_image),
-            batcher=ReconcileBatcher(reconciler.reconcile_many, window=batch_window),
+            batcher=batcher,
+            events=events,
+            cache=cache,
         )
 
 
@@ -118,6 +135,14 @@ def _register_lifecycle(registry: kopf.OperatorRegistry, services: OperatorServi
             await asyncio.to_thread(services.deployer.ensure_default_config)
         except KubeApiError as e:
             raise _retry(e) from e
+        if services.cache is not None:
+            # One list of each kind, then watches: reconciles read these caches.
+            services.cache.start()
+            if not await asyncio.to_thread(services.cache.wait_synced, CACHE_SYNC_SECONDS):
+                log.warning("caches not listed within %.0fs: reconciles wait", CACHE_SYNC_SECONDS)
+        # A re-plan of every network from a fresh read once started: readiness
+        # (caught up) waits for it to succeed.
+        services.batcher.request()
         services.tasks.append(asyncio.create_task(services.batcher.run(), name="multinic-batcher"))
 
     @kopf.on.cleanup(registry=registry)
@@ -128,6 +153,10 @@ def _register_lifecycle(registry: kopf.OperatorRegistry, services: OperatorServi
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         services.tasks.clear()
+        if services.cache is not None:
+            await asyncio.to_thread(services.cache.stop)
+        if services.events is not None:
+            await asyncio.to_thread(services.events.close)
 
 
 def _register_networks(registry: kopf.OperatorRegistry, reconciler: NetworkReconciler) -> None:
@@ -163,8 +192,8 @@ def _register_networks(registry: kopf.OperatorRegistry, reconciler: NetworkRecon
         registry=registry,
     )
     async def network_resync(name: str, **_: Any) -> None:
-        # Objects changed behind the operator's back (a pool deleted by hand)
-        # raise no event it watches; a periodic level check puts them back.
+        # A periodic level check: whatever changed behind the operator's back
+        # without an event it reacts to (a NAD edited by hand) is put back.
         try:
             await asyncio.to_thread(reconciler.reconcile, name)
         except KubeApiError as e:
@@ -178,60 +207,10 @@ def _register_networks(registry: kopf.OperatorRegistry, reconciler: NetworkRecon
             raise _retry(e) from e
 
 
-def host_digest(body: Mapping[str, Any]) -> str:
-    """What of a HostInterface a plan or a status depends on, as a comparable string.
-
-    Agents rewrite their status often (a new ``lastSyncTime`` per route sync);
-    only a change of the NICs, the labels or a route result is worth a re-plan.
-    """
-    status = body.get("status") or {}
-    routes = sorted(
-        (r.get("network"), r.get("status"), r.get("message"), r.get("cidrGeneration"))
-        for r in status.get("routes") or []
-        if isinstance(r, Mapping)
-    )
-    relevant = {
-        "labels": (body.get("metadata") or {}).get("labels") or {},
-        "spec": body.get("spec") or {},
-        "routes": routes,
-    }
-    return json.dumps(relevant, sort_keys=True, default=str)
-
-
 def _register_cluster_events(registry: kopf.OperatorRegistry, batcher: ReconcileBatcher) -> None:
-    seen: dict[str, str] = {}
-
-    @kopf.on.event(GROUP, VERSION, "hostinterfaces", registry=registry)
-    async def host_interface_event(type: str | None, name: str, body: kopf.Body, **_: Any) -> None:
-        if type == "DELETED":
-            seen.pop(name, None)
-            batcher.request()
-            return
-        digest = host_digest(body)
-        if seen.get(name) != digest:
-            seen[name] = digest
-            batcher.request()
-
-    # A replaced (retired) pool's agent acknowledged it, or a pod holding one
-    # of its addresses went: new pools may start, excludes shrink, status moves.
-    @kopf.on.event(
-        GROUP, VERSION, "ippools", labels={POOL_RETIRED_LABEL: kopf.PRESENT}, registry=registry
-    )
-    async def retired_pool_event(body: kopf.Body, **_: Any) -> None:
-        network = (body.get("metadata", {}).get("labels") or {}).get(POOL_NETWORK_LABEL)
-        if network:
-            batcher.request([network])
-
-    @kopf.on.event("", "v1", "nodes", registry=registry)
-    async def node_event(type: str | None, **_: Any) -> None:
-        # Node heartbeats (MODIFIED) change nothing a plan depends on.
-        if type in (None, "ADDED", "DELETED"):
-            batcher.request()
-
-    @kopf.on.event("", "v1", "namespaces", registry=registry)
-    async def namespace_event(type: str | None, **_: Any) -> None:
-        if type in (None, "ADDED"):
-            batcher.request()
+    # HostInterfaces, Nodes, namespaces and IPPools are watched by the
+    # operator's caches (multinic_operator.cache), whose events request the
+    # batched re-plans: one watch per kind, not one for kopf and one for the cache.
 
     # The host-device driver takes its NAD resource name from the NVIDIA
     # Network Operator's policy (watched only where that CRD is installed).
@@ -280,6 +259,7 @@ def run_operator(
     login: Any,
     stop_flag: threading.Event,
     ready_flag: threading.Event | None = None,
+    on_loop: Callable[[asyncio.AbstractEventLoop], None] | None = None,
 ) -> None:
     """Run the operator until ``stop_flag`` is set or a signal stops kopf (blocking).
 
@@ -288,12 +268,15 @@ def run_operator(
     (a signal), its waiter for that flag stays pending and kopf waits 5 s for
     it as a "hung" task before exiting: a cleanup handler sets the event, so
     the operator exits at once.  ``stop_flag`` is set on the way out, which
-    ends the daemon thread.
+    ends the daemon thread.  ``on_loop`` is given kopf's event loop (liveness)
+    and ``ready_flag`` is set once kopf's startup handlers are done.
     """
     registry = build_registry(services)
     kopf.on.login(registry=registry)(login)
     settings = configure(kopf.OperatorSettings())
     loop = asyncio.new_event_loop()
+    if on_loop is not None:
+        on_loop(loop)
     stop_event = asyncio.Event()
 
     @kopf.on.cleanup(registry=registry)

@@ -13,11 +13,12 @@ An API error is never mistaken for absence.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -25,8 +26,10 @@ from urllib.parse import quote
 import urllib3.exceptions
 from kubernetes import client
 from kubernetes import config as kube_config
+from kubernetes.client import rest
 
 from multinic_core.errors import MultinicError
+from multinic_operator.metrics import OperatorMetrics
 
 # The kubernetes client is only partly annotated; its loaders are used untyped.
 config: Any = kube_config
@@ -91,6 +94,7 @@ KNOWN_KINDS: tuple[ResourceKind, ...] = (
     ResourceKind("v1", "Namespace", "namespaces", namespaced=False),
     ResourceKind("v1", "Node", "nodes", namespaced=False),
     ResourceKind("v1", "ServiceAccount", "serviceaccounts", namespaced=True),
+    ResourceKind("v1", "Event", "events", namespaced=True),
     ResourceKind("apps/v1", "DaemonSet", "daemonsets", namespaced=True),
     ResourceKind("multinic.fms.io/v1", "MultiNicNetwork", "multinicnetworks", namespaced=False),
     ResourceKind("multinic.fms.io/v1", "CIDR", "cidrs", namespaced=False),
@@ -124,13 +128,17 @@ class KubeApi:
     """Synchronous JSON access to the API; thread-safe (one connection pool)."""
 
     def __init__(
-        self, configuration: client.Configuration, timeout: float = DEFAULT_TIMEOUT
+        self,
+        configuration: client.Configuration,
+        timeout: float = DEFAULT_TIMEOUT,
+        metrics: OperatorMetrics | None = None,
     ) -> None:
         configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, 16)
         self.configuration = configuration
         self.api_client: Any = client.ApiClient(configuration)
         self.api_client.user_agent = USER_AGENT
         self.timeout = timeout
+        self.metrics = metrics if metrics is not None else OperatorMetrics()
         self._kinds: dict[tuple[str, str], ResourceKind] = {
             (k.api_version, k.kind): k for k in KNOWN_KINDS
         }
@@ -242,6 +250,77 @@ class KubeApi:
                 return
             query["continue"] = token
 
+    def list_versioned(
+        self,
+        api_version: str,
+        kind: str,
+        each: Callable[[dict[str, Any]], None],
+        *,
+        label_selector: str = "",
+        page: int = 500,
+    ) -> str:
+        """Call ``each`` on every object (page by page); the list's resourceVersion.
+
+        The resourceVersion is the first page's: every page belongs to that
+        one snapshot, and a watch from it misses nothing.
+        """
+        rk = self.kind(api_version, kind)
+        query: dict[str, str] = {"limit": str(page)}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        version = ""
+        while True:
+            answer = self._request(
+                "list", "GET", rk.collection(), query=query, what=f"{rk.kind} list"
+            )
+            meta = answer.get("metadata") or {}
+            version = version or str(meta.get("resourceVersion") or "")
+            for item in answer.get("items") or []:
+                item.setdefault("apiVersion", api_version)
+                item.setdefault("kind", kind)
+                each(item)
+            token = meta.get("continue")
+            if not token:
+                return version
+            query["continue"] = token
+
+    def watch(
+        self,
+        api_version: str,
+        kind: str,
+        resource_version: str,
+        *,
+        label_selector: str = "",
+        timeout_seconds: int = 300,
+    ) -> WatchStream:
+        """A watch from ``resourceVersion`` with bookmarks; iterate it for (type, object).
+
+        An ``ERROR`` event raises ``KubeApiError`` with its code (410: the
+        version is too old, list again).  ``close()`` ends it from any thread.
+        """
+        rk = self.kind(api_version, kind)
+        query = {
+            "watch": "true",
+            "allowWatchBookmarks": "true",
+            "resourceVersion": resource_version,
+            "timeoutSeconds": str(timeout_seconds),
+        }
+        if label_selector:
+            query["labelSelector"] = label_selector
+        what = f"{rk.kind} watch"
+        response = self._send(
+            "watch",
+            "GET",
+            rk.collection(),
+            what=what,
+            query=query,
+            timeout=(self.timeout, timeout_seconds + self.timeout),
+        )
+        if not 200 <= response.status <= 299:
+            data = response.read()
+            raise KubeApiError("watch", what, response.status, _status_message(data))
+        return WatchStream(response.response, what)
+
     def create(self, body: Mapping[str, Any]) -> dict[str, Any]:
         rk, name, namespace = self._identify(body)
         obj: dict[str, Any] = self._request(
@@ -258,19 +337,22 @@ class KubeApi:
         api_version: str,
         kind: str,
         name: str,
-        patch: Mapping[str, Any],
+        patch: Mapping[str, Any] | bytes,
         namespace: str | None = None,
         *,
         status: bool = False,
     ) -> dict[str, Any]:
-        """A JSON merge patch; put ``metadata.resourceVersion`` in it to guard a change."""
+        """A JSON merge patch; put ``metadata.resourceVersion`` in it to guard a change.
+
+        ``patch`` may be given JSON-encoded already (bytes).
+        """
         rk = self.kind(api_version, kind)
         path = rk.item(name, namespace) + ("/status" if status else "")
         obj: dict[str, Any] = self._request(
             "patch",
             "PATCH",
             path,
-            body=dict(patch),
+            body=patch if isinstance(patch, bytes) else dict(patch),
             content_type=MERGE_PATCH,
             what=rk.describe(name, namespace) + (" status" if status else ""),
         )
@@ -326,25 +408,110 @@ class KubeApi:
         body: Any = None,
         content_type: str = "application/json",
     ) -> Any:
-        with self._lock:
-            self.requests[verb] += 1
-        headers = {"Accept": "application/json", "Content-Type": content_type}
+        response = self._send(
+            verb, method, path, what=what, query=query, body=body, content_type=content_type
+        )
         try:
-            serialized = self.api_client.param_serialize(
-                method,
-                path,
-                query_params=list((query or {}).items()),
-                header_params=headers,
-                body=body,
-                auth_settings=["BearerToken"],
-            )
-            response = self.api_client.call_api(*serialized[:5], _request_timeout=self.timeout)
             data: bytes = response.read()
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise KubeApiError(verb, what, 0, f"{type(e).__name__}: {e}") from e
         if not 200 <= response.status <= 299:
             raise KubeApiError(verb, what, response.status, _status_message(data))
         return json.loads(data) if data else {}
+
+    def _send(
+        self,
+        verb: str,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float | tuple[float, float] | None = None,
+    ) -> Any:
+        """Send one request (counted by verb); the response, its body not read yet.
+
+        ``body`` is JSON-encoded here (or sent as is when it is bytes: already
+        encoded).  The kubernetes client builds the URL and the headers (its
+        authentication included); the body does not go through its
+        ``sanitize_for_serialization``, which copies every dict and list of it
+        (a plan of 10,000 hosts is tens of MB of them).
+        """
+        with self._lock:
+            self.requests[verb] += 1
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        wait = timeout or self.timeout
+        try:
+            _, url, headers, _, _ = self.api_client.param_serialize(
+                method,
+                path,
+                query_params=list((query or {}).items()),
+                header_params=headers,
+                auth_settings=["BearerToken"],
+            )
+            payload = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
+            raw = self.api_client.rest_client.pool_manager.request(
+                method,
+                url,
+                body=payload,
+                headers=headers,
+                timeout=(
+                    urllib3.Timeout(connect=wait[0], read=wait[1])
+                    if isinstance(wait, tuple)
+                    else urllib3.Timeout(total=wait)
+                ),
+                preload_content=False,
+            )
+            response = rest.RESTResponse(raw)
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            self.metrics.api_response(verb, 0)
+            raise KubeApiError(verb, what, 0, f"{type(e).__name__}: {e}") from e
+        self.metrics.api_response(verb, response.status)
+        return response
+
+
+class WatchStream:
+    """One open watch: iterate for (type, object); ``close()`` from any thread ends it."""
+
+    def __init__(self, response: Any, what: str) -> None:
+        self._response = response
+        self.what = what
+        self._closed = False
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        try:
+            for line in self._response:
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                kind = str(event.get("type") or "")
+                obj = event.get("object") or {}
+                if kind == "ERROR":
+                    code = int(obj.get("code") or 0)
+                    raise KubeApiError("watch", self.what, code, str(obj.get("message") or ""))
+                yield kind, obj
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            if self._closed:
+                return
+            raise KubeApiError("watch", self.what, 0, f"{type(e).__name__}: {e}") from e
+        finally:
+            if not self._closed:
+                # Ended by the server (its timeout) or by an error event: the
+                # connection goes back to the pool, or is dropped when unusable.
+                with contextlib.suppress(Exception):
+                    self._response.release_conn()
+
+    def close(self) -> None:
+        """End the watch (from any thread): a read in progress returns at once."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):  # a socket already gone
+            self._response.shutdown()
+        with contextlib.suppress(Exception):
+            self._response.close()
 
 
 def _status_message(data: bytes | None) -> str:

@@ -59,6 +59,8 @@ class LeaderElection:
         self._observed: tuple[str, str] | None = None
         self._observed_at = 0.0
         self._renewed_at: float | None = None
+        self.round_error: str | None = None
+        """While waiting: "" when the last round reached the API, else why not (None: no round yet)."""
 
     # ------------------------------------------------------------------ one round
 
@@ -128,7 +130,9 @@ class LeaderElection:
         logged = False
         while not stop.is_set():
             try:
-                if self.try_acquire_or_renew():
+                acquired = self.try_acquire_or_renew()
+                self.round_error = ""
+                if acquired:
                     log.info(
                         "this replica (%s) leads: Lease %s/%s",
                         self.identity,
@@ -137,6 +141,7 @@ class LeaderElection:
                     )
                     return True
             except KubeApiError as e:
+                self.round_error = str(e)
                 log.warning("leader election: %s", e)
             if not logged:
                 log.info("another replica leads (Lease %s/%s); waiting", self.namespace, self.name)

@@ -15,16 +15,21 @@ API error aborts the reconcile before any delete (the caller retries later).
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from multinic_core.errors import ConfigError, MultinicError, PlanError, PluginError
+from multinic_core.events import EventRecorder, network_ref
 from multinic_core.hooktypes import DependentObject
+from multinic_core.incremental import IncrementalPlanner
 from multinic_core.models import (
     API_VERSION,
     CIDR,
@@ -35,26 +40,26 @@ from multinic_core.models import (
     MultiNicNetwork,
     load_resource,
 )
-from multinic_core.nad import GENERATED_LABEL, NAD_API_VERSION, NAD_KIND, nad_object
+from multinic_core.nad import NAD_API_VERSION, NAD_KIND, nad_object
 from multinic_core.planner import (
     PlanResult,
     cidr_object,
     cidr_processed,
     compute_results,
-    plan_cidrs,
+    plugin_config,
     pool_excludes,
     stranded_allocations,
 )
 from multinic_core.plugins import MainPlugin, PluginRegistry
+from multinic_operator.cache import ClusterView, LiveView, pools_holding
 from multinic_operator.desired import (
     DEPENDENT_KINDS_ANNOTATION,
     DEPENDENT_LABEL,
-    POOL_NETWORK_LABEL,
+    DesiredPools,
     RetiredPools,
     cidr_spec_patch,
     dependent_body,
     dependent_patch,
-    desired_pools,
     kind_key,
     nad_patch,
     owned_by,
@@ -76,6 +81,8 @@ from multinic_operator.status import (
 log = logging.getLogger(__name__)
 
 NETWORK = (API_VERSION, "MultiNicNetwork")
+STRANDED = "AllocationsStranded"
+"""The condition, and the reason of the Warning Event while it is True."""
 CONFLICT_RETRIES = 3
 T = TypeVar("T")
 
@@ -103,6 +110,8 @@ class ReconcileResult:
     network: str
     config_status: str = ""
     writes: int = 0
+    plan_seconds: float = 0.0
+    """Time the planner took (0 for a network without multi-nic-ipam)."""
     problems: list[str] = field(default_factory=list)
 
 
@@ -116,9 +125,15 @@ class NetworkReconciler:
         *,
         config_name: str = Config.DEFAULT_NAME,
         workers: int = 8,
+        events: EventRecorder | None = None,
+        view: ClusterView | None = None,
     ) -> None:
         self.api = api
+        self.view: ClusterView = view if view is not None else LiveView(api)
+        """Where the cluster is read: the operator's list/watch caches, or the API itself."""
         self.registry = registry if registry is not None else PluginRegistry()
+        self.events = events
+        """Where Events on networks go (best-effort, in the recorder's thread); None: nowhere."""
         self.config_name = config_name
         self.reader = ApiClusterReader(api)
         # One reconcile at a time: each reads the hosts inside the lock, so a
@@ -127,23 +142,26 @@ class NetworkReconciler:
         self._lock = threading.RLock()
         self._workers = workers
         self._seen_nodes: set[str] = set()
+        self.plan_seconds = 0.0
+        """Time the last reconcile's planner took."""
+        self._planners: dict[str, tuple[IncrementalPlanner, str]] = {}
+        self._cidr_written: dict[str, tuple[str, str]] = {}
+        """Per network: (resourceVersion, digest of the spec) of the CIDR as this reconciler wrote it."""
+        """Per network: its planner and the resourceVersion of the CIDR it last wrote."""
         """The Nodes of the last host read: a HostInterface is deleted only after its Node went."""
 
     # ------------------------------------------------------------------ entry points
 
     def network_names(self) -> list[str]:
-        return sorted(o["metadata"]["name"] for o in self.api.list(*NETWORK))
+        self.view.ready()
+        return self.view.network_names()
 
     def read_hosts(self) -> HostSnapshot:
         """HostInterfaces whose Node exists (both lists must be read successfully)."""
-        nodes = frozenset(n["metadata"]["name"] for n in self.api.iterate("v1", "Node"))
+        self.view.ready()
+        nodes = self.view.node_names()
         hosts: list[HostInterface] = []
-        for body in self.api.iterate(API_VERSION, "HostInterface"):
-            try:
-                host = HostInterface.model_validate(body)
-            except ValueError as e:
-                log.warning("ignoring invalid HostInterface %s: %s", body["metadata"]["name"], e)
-                continue
+        for host in self.view.host_interfaces():
             if (host.spec.host_name or host.name) in nodes:
                 hosts.append(host)
             elif not host.unmanaged and (host.spec.host_name or host.name) in self._seen_nodes:
@@ -161,6 +179,7 @@ class NetworkReconciler:
         previous one, so "gone" is proven; a user's ``multi-nic-unmanaged``
         HostInterface is never deleted.
         """
+        self.view.deleting(API_VERSION, "HostInterface", host.name)
         try:
             # Only the version read with the Node list: a Node (and agent) that
             # came back meanwhile rewrote it, and then it stays.
@@ -171,8 +190,10 @@ class NetworkReconciler:
                 resource_version=host.metadata.resource_version,
             )
         except KubeApiError as e:
+            self.view.deleted(API_VERSION, "HostInterface", host.name, gone=False)
             log.warning("HostInterface %s of a deleted Node not deleted: %s", host.name, e)
             return
+        self.view.deleted(API_VERSION, "HostInterface", host.name, gone=True)
         log.info("deleted HostInterface %s: its Node is gone", host.name)
 
     def reconcile(self, name: str, snapshot: HostSnapshot | None = None) -> ReconcileResult | None:
@@ -182,10 +203,19 @@ class NetworkReconciler:
         (``reconcile_many`` does); by default the hosts are read now.
         """
         with self._lock:
-            body = self.api.get(*NETWORK, name)
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                return None
-            return self._reconcile(body, snapshot)
+            started = time.perf_counter()
+            outcome = "error"
+            try:
+                body = self.api.get(*NETWORK, name)
+                if body is None or body["metadata"].get("deletionTimestamp"):
+                    outcome = ""
+                    return None
+                result = self._reconcile(body, snapshot)
+                outcome = result.config_status.lower() or "error"
+                return result
+            finally:
+                if outcome:
+                    self.api.metrics.network_reconciled(outcome, time.perf_counter() - started)
 
     def reconcile_many(self, names: Iterable[str] | None = None) -> list[ReconcileResult]:
         """Reconcile several networks (all when ``names`` is None) with one host read.
@@ -215,23 +245,26 @@ class NetworkReconciler:
     def cleanup(self, name: str) -> None:
         """Delete everything made for network ``name`` (before its finalizer goes)."""
         with self._lock:
+            self._planners.pop(name, None)
+            self._cidr_written.pop(name, None)
             body = self.api.get(*NETWORK, name)
             if body is None:
                 return
             network = _network_or_none(body)
-            for pool in self.api.list(
-                API_VERSION, "IPPool", label_selector=f"{POOL_NETWORK_LABEL}={name}"
-            ):
-                self.api.delete(API_VERSION, "IPPool", pool["metadata"]["name"])
-            for nad in self._existing_nads(name):
+            # Read from the API itself: nothing made for the network may be
+            # missed because a cache has not seen it yet.
+            live = LiveView(self.api)
+            for pool in live.pools_of(name):
+                self._delete(API_VERSION, "IPPool", pool)
+            for nad in live.nads(name):
                 if network is None or owned_by(nad, network):
                     meta = nad["metadata"]
-                    self.api.delete(NAD_API_VERSION, NAD_KIND, meta["name"], meta["namespace"])
+                    self._delete(NAD_API_VERSION, NAD_KIND, meta["name"], meta["namespace"])
             for api_version, kind in recorded_kinds(body):
                 for obj in self._existing_dependents(api_version, kind, name):
                     meta = obj["metadata"]
                     self.api.delete(api_version, kind, meta["name"], meta.get("namespace"))
-            self.api.delete(API_VERSION, "CIDR", name)
+            self._delete(API_VERSION, "CIDR", name)
             log.info("network %s: cleaned up its CIDR, IPPools, NADs and driver objects", name)
 
     # ------------------------------------------------------------------ one network
@@ -260,9 +293,18 @@ class NetworkReconciler:
             return self._fail(body, result, str(e), "Refused")
         status = success_status(outcome).to_dict()
         self._write_status(body, status)
+        self._report(network, status)
         result.config_status = "Success"
         result.problems = outcome.problems
         result.writes = self.api.writes - writes_before
+        result.plan_seconds = self.plan_seconds
+        log.info(
+            "network %s reconciled: %d host(s), planned in %.3fs, %d write(s)",
+            name,
+            len(snapshot.hosts),
+            result.plan_seconds,
+            result.writes,
+        )
         return result
 
     def _fail(
@@ -274,6 +316,22 @@ class NetworkReconciler:
         result.config_status = "Failed"
         result.problems = [message]
         return result
+
+    def _report(self, network: MultiNicNetwork, status: Mapping[str, Any]) -> None:
+        """Events for what a user must see in the status just computed.
+
+        Posted on every reconcile that finds it (the recorder folds repeats
+        into one Event with a count, as kubelet's does).
+        """
+        if self.events is None:
+            return
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == STRANDED and condition.get("status") == "True":
+                self.events.warning(
+                    network_ref(network.name, network.metadata.uid or ""),
+                    STRANDED,
+                    str(condition.get("message") or ""),
+                )
 
     def _write_status(self, body: dict[str, Any], status: Mapping[str, Any]) -> None:
         patch = status_patch(body.get("status"), status, now())
@@ -288,6 +346,7 @@ class NetworkReconciler:
         driver: MainPlugin,
         snapshot: HostSnapshot,
     ) -> StatusInputs:
+        self.plan_seconds = 0.0
         hosts = snapshot.hosts
         attachment = driver.network_attachment(network, self.reader)
         dependents = driver.dependent_objects(network, hosts, self.reader)
@@ -305,12 +364,15 @@ class NetworkReconciler:
         cidr_generation: int | None = None
         planned: set[str] = set()
         if network.spec.multi_nic_ipam_config is not None:
-            cidr = self.api.get(API_VERSION, "CIDR", network.name)
-            previous = None
-            if cidr is not None:
-                previous = load_resource(CIDR, cidr, f"CIDR {network.name}").spec
-            plan = plan_cidrs(network, hosts, previous)
+            cidr = self._read_cidr(network.name)
+            planning = time.perf_counter()
+            planner = self._planner(network, hosts, cidr)
+            plan = planner.result()
+            self.plan_seconds = time.perf_counter() - planning
             cidr = self._apply_cidr(network, plan, cidr)
+            version = cidr["metadata"].get("resourceVersion")
+            if version:
+                self._planners[network.name] = (planner, version)
             cidr_generation = cidr["metadata"].get("generation")
             agents = {h.spec.host_name or h.name for h in hosts if not h.unmanaged}
             retired = self._apply_pools(
@@ -324,9 +386,11 @@ class NetworkReconciler:
             planned = {h.host_name for e in plan.spec.cidr for h in e.hosts}
         else:
             # Not (or no longer) a multi-nic-ipam network: no plan, no pools.
+            self._planners.pop(network.name, None)
+            self._cidr_written.pop(network.name, None)
             self._apply_pools(network.name, None)
-            if self.api.get(API_VERSION, "CIDR", network.name) is not None:
-                self.api.delete(API_VERSION, "CIDR", network.name)
+            if self.view.cidr(network.name) is not None:
+                self._delete(API_VERSION, "CIDR", network.name)
         inputs.problems.extend(self._apply_nads(network, attachment, config))
         self._apply_dependents(body, network, dependents)
         inputs.routes = (
@@ -348,25 +412,96 @@ class NetworkReconciler:
 
     # ------------------------------------------------------------------ CIDR
 
+    def _planner(
+        self, network: MultiNicNetwork, hosts: Sequence[HostInterface], cidr: dict[str, Any] | None
+    ) -> IncrementalPlanner:
+        """The network's planner, brought to ``hosts``.
+
+        The last one continues (only the hosts that joined, left or changed
+        are planned) when the CIDR is still the one it wrote (same
+        resourceVersion) and the network's plan inputs are the same; anything
+        else (a restart, a spec change, someone else's write) plans from
+        scratch from the CIDR as it is.  Both give the same plan.
+        """
+        config = plugin_config(network)
+        cached = self._planners.pop(network.name, None)
+        version = cidr["metadata"].get("resourceVersion") if cidr is not None else None
+        if cached is not None and version and cached[1] == version and cached[0].config == config:
+            planner = cached[0]
+            planner.sync(hosts)
+            return planner
+        previous = None
+        if cidr is not None and "spec" not in cidr:
+            # Cached without its spec (``_read_cidr``): planning from it needs it.
+            cidr = self.api.get(API_VERSION, "CIDR", network.name)
+        if cidr is not None:
+            previous = load_resource(CIDR, cidr, f"CIDR {network.name}").spec
+        return IncrementalPlanner(config, hosts, previous)
+
     def _apply_cidr(
         self, network: MultiNicNetwork, plan: PlanResult, existing: dict[str, Any] | None
     ) -> dict[str, Any]:
-        desired = cidr_object(network, plan).to_dict()
-        status = desired.pop("status", None) or {"problems": []}
+        """Create or patch the CIDR; its metadata and status as stored (not its spec).
+
+        At 10,000 hosts the plan is MBs of JSON and tens of MB as dicts: it is
+        encoded once (the same bytes give its digest and the patch), and no
+        copy of it outlives this method.
+        """
+        desired = cidr_object(network, plan)
+        status = desired.status.to_dict() if desired.status is not None else {"problems": []}
+        # Encoded straight from the models (no dicts of the whole plan on the way).
+        spec = plan.spec.model_dump_json(exclude_none=True).encode()
+        digest = _digest(spec)
         if existing is None:
-            stored = self.api.create(desired)
+            body = desired.to_dict()
+            body.pop("status", None)
+            stored = self._written(self.api.create(body))
+            del body
             log.info("network %s: created CIDR plan", network.name)
         else:
             stored = existing
-            patch = cidr_spec_patch(existing, plan.spec)
+            version = str(existing["metadata"].get("resourceVersion") or "")
+            patch: dict[str, Any] | bytes | None
+            if "spec" in existing:
+                patch = cidr_spec_patch(existing, plan.spec)
+            elif self._cidr_written.get(network.name) == (version, digest):
+                patch = None  # the plan this reconciler wrote, unchanged
+            else:
+                guard = json.dumps({"resourceVersion": version}).encode()
+                patch = b'{"metadata":' + guard + b',"spec":' + spec + b"}"
+            del desired, spec
             if patch is not None:
-                stored = self.api.patch(API_VERSION, "CIDR", network.name, patch)
+                stored = self._written(self.api.patch(API_VERSION, "CIDR", network.name, patch))
                 log.info("network %s: updated CIDR plan", network.name)
+        stored = {"metadata": stored["metadata"], "status": stored.get("status")}
+        self._cidr_written[network.name] = (str(stored["metadata"].get("resourceVersion")), digest)
         if ((stored.get("status") or {}).get("problems") or []) != status["problems"]:
-            stored = self.api.patch(
-                API_VERSION, "CIDR", network.name, {"status": status}, status=True
+            stored = self._written(
+                self.api.patch(API_VERSION, "CIDR", network.name, {"status": status}, status=True)
+            )
+            stored = {"metadata": stored["metadata"], "status": stored.get("status")}
+            # A status write leaves the spec as it was.
+            self._cidr_written[network.name] = (
+                str(stored["metadata"].get("resourceVersion")),
+                digest,
             )
         return stored
+
+    def _read_cidr(self, name: str) -> dict[str, Any] | None:
+        """The network's CIDR: as the view holds it, or whole from the API when needed.
+
+        The caches keep a CIDR without its spec (at 10,000 hosts it is MBs):
+        the plan this reconciler wrote is known by its version.  After a
+        restart or someone else's write, the spec is read from the API.
+        """
+        cidr = self.view.cidr(name)
+        if cidr is None or "spec" in cidr:
+            return cidr
+        version = str(cidr["metadata"].get("resourceVersion") or "")
+        written = self._cidr_written.get(name)
+        if written is not None and written[0] == version:
+            return cidr
+        return self.api.get(API_VERSION, "CIDR", name)
 
     # ------------------------------------------------------------------ IPPools
 
@@ -377,34 +512,33 @@ class NetworkReconciler:
         generation: int | None = None,
         agent_hosts: Iterable[str] = (),
     ) -> RetiredPools:
-        existing = {
-            p["metadata"]["name"]: p
-            for p in self.api.list(
-                API_VERSION, "IPPool", label_selector=f"{POOL_NETWORK_LABEL}={network_name}"
-            )
-        }
-        desired: dict[str, dict[str, Any]] = {}
+        existing = self.view.pools_of(network_name)
+        # Each desired body is built when it is compared or created, not all at once.
+        desired = DesiredPools(
+            network_name,
+            plan.spec if plan is not None else None,
+            pool_excludes(plan.spec) if plan is not None else {},
+        )
         planned: set[str] = set()
         if plan is not None:
-            desired = desired_pools(network_name, plan.spec, pool_excludes(plan.spec))
             planned = {h.host_name for e in plan.spec.cidr for h in e.hosts}
         retired = retire_pools(existing, desired, generation, planned, agent_hosts)
         if plan is not None:
-            retired.stranded = stranded_allocations(plan.spec, _valid_pools(existing.values()))
+            # Only pools holding addresses can strand any (most hold none).
+            holding = pools_holding(existing)
+            if holding:
+                retired.stranded = stranded_allocations(plan.spec, _valid_pools(holding))
         for name, extra in retired.excludes.items():
-            desired[name]["spec"]["excludes"] = [*desired[name]["spec"]["excludes"], *extra]
-        creates = [
-            body
-            for name, body in desired.items()
-            if name not in existing and name not in retired.deferred
-        ]
-        updates = [(existing[n], body) for n, body in desired.items() if n in existing]
-        self._parallel(self._create_pool, creates)
-        for have, want in updates:
-            self._update_pool(have, want)
+            desired.exclude(name, extra)
+        deferred = set(retired.deferred)
+        creates = [n for n in desired if n not in existing and n not in deferred]
+        self._parallel(lambda n: self._create_pool(desired[n]), creates)
+        for name in desired:
+            if name in existing:
+                self._update_pool(existing[name], desired[name])
         for name, value in retired.retire.items():
             self._retire_pool(existing[name], value, retired)
-        self._parallel(lambda n: self.api.delete(API_VERSION, "IPPool", n), retired.delete)
+        self._parallel(lambda n: self._delete(API_VERSION, "IPPool", n), retired.delete)
         if creates or retired.delete or retired.retire:
             log.info(
                 "network %s: %d IPPool(s) created, %d deleted, %d kept retired "
@@ -423,11 +557,13 @@ class NetworkReconciler:
         name = pool["metadata"]["name"]
         labels = pool["metadata"].get("labels") or {}
         if labels.get(POOL_RETIRED_LABEL) != value:
-            self.api.patch(
-                API_VERSION,
-                "IPPool",
-                name,
-                {"metadata": {"labels": {POOL_RETIRED_LABEL: value}}},
+            self._written(
+                self.api.patch(
+                    API_VERSION,
+                    "IPPool",
+                    name,
+                    {"metadata": {"labels": {POOL_RETIRED_LABEL: value}}},
+                )
             )
         held = len((pool.get("spec") or {}).get("allocations") or [])
         stranded = [s for s in retired.stranded if s.pool == name]
@@ -448,11 +584,13 @@ class NetworkReconciler:
             ),
         }
         if (pool.get("status") or {}) != status:
-            self.api.patch(API_VERSION, "IPPool", name, {"status": status}, status=True)
+            self._written(
+                self.api.patch(API_VERSION, "IPPool", name, {"status": status}, status=True)
+            )
 
     def _create_pool(self, body: dict[str, Any]) -> None:
         try:
-            self.api.create(body)
+            self._written(self.api.create(body))
         except KubeApiError as e:
             if not e.conflict:
                 raise
@@ -465,13 +603,13 @@ class NetworkReconciler:
             if existing is None:
                 existing = self.api.get(API_VERSION, "IPPool", name)
                 if existing is None:
-                    self.api.create(desired)
+                    self._written(self.api.create(desired))
                     return
             patch = pool_patch(existing, desired)
             if patch is None:
                 return
             try:
-                self.api.patch(API_VERSION, "IPPool", name, patch)
+                self._written(self.api.patch(API_VERSION, "IPPool", name, patch))
                 return
             except KubeApiError as e:
                 if not e.conflict:
@@ -483,22 +621,12 @@ class NetworkReconciler:
     # ------------------------------------------------------------------ NADs
 
     def _existing_nads(self, name: str) -> list[dict[str, Any]]:
-        return self.api.list(
-            NAD_API_VERSION,
-            NAD_KIND,
-            label_selector=f"{GENERATED_LABEL}=true",
-            field_selector=f"metadata.name={name}",
-        )
+        return self.view.nads(name)
 
     def _target_namespaces(self, network: MultiNicNetwork) -> list[str]:
         if network.spec.namespaces:
             return sorted(set(network.spec.namespaces))
-        return sorted(
-            ns["metadata"]["name"]
-            for ns in self.api.iterate("v1", "Namespace")
-            if (ns.get("status") or {}).get("phase") != "Terminating"
-            and not ns["metadata"].get("deletionTimestamp")
-        )
+        return sorted(self.view.namespaces())
 
     def _apply_nads(
         self, network: MultiNicNetwork, attachment: Any, config: Config | None
@@ -514,7 +642,7 @@ class NetworkReconciler:
             have = existing.get(namespace)
             if have is None:
                 try:
-                    self.api.create(desired)
+                    self._written(self.api.create(desired))
                 except KubeApiError as e:
                     if e.status == 404:
                         missing_namespaces.append(namespace)
@@ -528,10 +656,12 @@ class NetworkReconciler:
             if have is not None:
                 patch = nad_patch(have, desired, uid)
                 if patch is not None:
-                    self.api.patch(NAD_API_VERSION, NAD_KIND, network.name, patch, namespace)
+                    self._written(
+                        self.api.patch(NAD_API_VERSION, NAD_KIND, network.name, patch, namespace)
+                    )
         for namespace, nad in existing.items():
             if namespace not in targets and owned_by(nad, network):
-                self.api.delete(NAD_API_VERSION, NAD_KIND, network.name, namespace)
+                self._delete(NAD_API_VERSION, NAD_KIND, network.name, namespace)
                 log.info("network %s: deleted NAD in namespace %s", network.name, namespace)
         if missing_namespaces:
             problems.append(
@@ -608,15 +738,43 @@ class NetworkReconciler:
 
     # ------------------------------------------------------------------ shared
 
+    def _written(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """The answer to a create or patch: the view sees it before the next read."""
+        self.view.observe(stored)
+        return stored
+
+    def _delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
+        """Delete an object the view holds; readers stop seeing it at once."""
+        self.view.deleting(api_version, kind, name, namespace)
+        try:
+            gone = self.api.delete(api_version, kind, name, namespace)
+        except KubeApiError:
+            self.view.deleted(api_version, kind, name, namespace, gone=False)
+            raise
+        self.view.deleted(api_version, kind, name, namespace, gone=True)
+        return gone
+
     def _parallel(self, action: Callable[[T], Any], items: Sequence[T]) -> None:
         """Run ``action`` on every item; independent writes go out concurrently."""
         if len(items) <= 1:
             for item in items:
                 action(item)
             return
+        # At most a few requests queued per worker: 80,000 futures at once
+        # would be tens of MB for nothing.
+        window = self._workers * 4
         with ThreadPoolExecutor(max_workers=self._workers) as pool:
-            for future in [pool.submit(action, item) for item in items]:
-                future.result()
+            pending: collections.deque[Future[Any]] = collections.deque()
+            for item in items:
+                if len(pending) >= window:
+                    pending.popleft().result()
+                pending.append(pool.submit(action, item))
+            while pending:
+                pending.popleft().result()
+
+
+def _digest(encoded: bytes) -> str:
+    return hashlib.blake2b(encoded, digest_size=16).hexdigest()
 
 
 def _valid_pools(bodies: Iterable[dict[str, Any]]) -> list[IPPool]:

@@ -275,6 +275,10 @@ def _up(cluster: SimCluster, progress: ProgressLog, timeout: float) -> None:
                 "--namespace",
                 OPERATOR_NAMESPACE,
                 "--standalone",
+                # The root namespace is shared with whatever else runs here: a
+                # free port (the log names it); each agent has its host's.
+                "--health-address",
+                "127.0.0.1:0",
             ],
             cluster.logs_dir / "operator.log",
         )
