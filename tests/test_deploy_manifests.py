@@ -328,8 +328,10 @@ def assert_probes_reach_the_health_port(pod_template: dict[str, Any], port: int)
     container = pod_template["spec"]["containers"][0]
     assert _health_port(container) == port
     assert container["ports"] == [{"name": "health", "containerPort": port, "protocol": "TCP"}]
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = dict(container[probe]["httpGet"])
+        assert get.pop("scheme", "HTTP") == "HTTP"  # kube-apiserver's default
+        assert get == {"path": path, "port": "health"}
     annotations = pod_template["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(port)
     assert annotations["prometheus.io/path"] == "/metrics"

@@ -185,7 +185,11 @@ def test_config_drives_the_agent_daemonset(cluster: Any, operator_runner: Any) -
             ":11000",  # the Config's daemon.port
         ]
         assert agent["ports"] == [{"name": "health", "containerPort": 11000, "protocol": "TCP"}]
-        assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+        assert agent["readinessProbe"]["httpGet"] == {
+            "path": "/readyz",
+            "port": "health",
+            "scheme": "HTTP",
+        }
         assert agent["securityContext"] == {"privileged": True}
         assert {m["mountPath"] for m in agent["volumeMounts"]} >= {
             "/host/opt/cni/bin",

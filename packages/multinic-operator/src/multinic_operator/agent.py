@@ -66,13 +66,17 @@ def agent_probes(port: int) -> dict[str, Any]:
     The startup probe gives a long journal replay five minutes before liveness
     counts; readiness gates the DaemonSet's rolling update node by node.
     """
-    probe = {"httpGet": {"path": "/healthz", "port": HEALTH_PORT_NAME}, "timeoutSeconds": 5}
+    # scheme stated as kube-apiserver defaults it, so the stored DaemonSet equals the rendered one.
+    probe = {
+        "httpGet": {"path": "/healthz", "port": HEALTH_PORT_NAME, "scheme": "HTTP"},
+        "timeoutSeconds": 5,
+    }
     return {
         "ports": [{"name": HEALTH_PORT_NAME, "containerPort": port, "protocol": "TCP"}],
         "startupProbe": {**probe, "periodSeconds": 2, "failureThreshold": 150},
         "livenessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 6},
         "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": HEALTH_PORT_NAME},
+            "httpGet": {"path": "/readyz", "port": HEALTH_PORT_NAME, "scheme": "HTTP"},
             "timeoutSeconds": 5,
             "periodSeconds": 5,
             "failureThreshold": 3,
