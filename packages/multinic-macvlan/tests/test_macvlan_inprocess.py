@@ -17,7 +17,7 @@ import os
 import re
 import secrets
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,7 +225,7 @@ def config(mode: str = "bridge", version: str = "1.0.0", **extra: Any) -> dict[s
     }
 
 
-def static(*addresses: dict[str, str], routes: list[dict[str, str]] | None = None) -> Any:
+def static(*addresses: dict[str, Any], routes: list[dict[str, str]] | None = None) -> Any:
     ipam: dict[str, Any] = {"type": "static", "addresses": list(addresses)}
     if routes is not None:
         ipam["routes"] = routes
@@ -359,7 +359,8 @@ def test_check_verdicts_match_on_a_changed_pod(setup: Setup) -> None:
         setup.host, cni_env("CHECK", setup.inprocess_pod), {**conf, "prevResult": mine.result}
     )
     assert ok.status == 0, ok.out
-    changes = {
+    Change = Callable[[dict[str, Any], dict[str, Any]], tuple[dict[str, Any], dict[str, Any]]]
+    changes: dict[str, Change] = {
         "mode": lambda c, r: ({**c, "mode": "vepa"}, r),
         "mac": lambda c, r: (c, _with_mac(r, "02:00:00:00:00:99")),
         "route gone": lambda c, r: (
