@@ -66,6 +66,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from multinic_agent.metrics import api_verb
 from multinic_operator.kube import KubeApi, load_client_configuration
 from multinic_sim.crds import NETWORK_ATTACHMENT_DEFINITION_CRD
 from multinic_sim.errors import SimError
@@ -198,19 +199,7 @@ class MiddlewareCounter(RequestCounter):
                 kinds = dict(self.kinds)
             return web.json_response({"counts": counts, "kinds": kinds})
         resource, name, subresource = _parse_path(request.path)
-        method = request.method
-        if method == "GET":
-            verb = (
-                "watch"
-                if request.query.get("watch") in ("1", "true")
-                else "get"
-                if name
-                else "list"
-            )
-        else:
-            verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(
-                method, "delete" if name else "deletecollection"
-            )
+        verb = api_verb(request.method, request.path_qs)
         family = family_of(request.headers.get("User-Agent", ""))
         self.record(family, verb, resource, name, subresource)
         return await handler(request)

@@ -153,26 +153,18 @@ class MacvlanConf:
 
 
 def _static_ok(ipam: Mapping[str, Any]) -> bool:
-    addresses = ipam.get("addresses")
-    routes = ipam.get("routes")
-    if addresses is not None and not isinstance(addresses, list):
-        return False
-    if routes is not None and not isinstance(routes, list):
-        return False
-    for entry in addresses or []:
-        if not isinstance(entry, dict) or set(entry) - {"address", "gateway"}:
+    # (list key, the entry's CIDR key, its optional address key)
+    for key, cidr, address in (("addresses", "address", "gateway"), ("routes", "dst", "gw")):
+        entries = ipam.get(key)
+        if entries is not None and not isinstance(entries, list):
             return False
-        if _cidr(entry.get("address")) is None:
-            return False
-        if entry.get("gateway") is not None and _ip(entry["gateway"]) is None:
-            return False
-    for entry in routes or []:
-        if not isinstance(entry, dict) or set(entry) - {"dst", "gw"}:
-            return False
-        if _cidr(entry.get("dst")) is None:
-            return False
-        if entry.get("gw") is not None and _ip(entry["gw"]) is None:
-            return False
+        for entry in entries or []:
+            if not isinstance(entry, dict) or set(entry) - {cidr, address}:
+                return False
+            if _cidr(entry.get(cidr)) is None:
+                return False
+            if entry.get(address) is not None and _ip(entry[address]) is None:
+                return False
     return _dns_ok(ipam.get("dns"))
 
 
