@@ -491,16 +491,23 @@ def check_pools(api: KubeApi, hosts: int, nics: int) -> list[dict[str, Any]]:
 
 RECONCILED = re.compile(
     r"network bench reconciled: (\d+) host\(s\), planned in ([0-9.]+)s, (\d+) write\(s\)"
+    r"(?: \(([^)]*)\))?"
 )
+PHASE = re.compile(r"(\w+) ([0-9.]+)s")
 
 
-def reconciles_logged(log_path: Path, offset: int) -> list[dict[str, float]]:
+def reconciles_logged(log_path: Path, offset: int) -> list[dict[str, Any]]:
     """The operator's reconciles of the bench network logged after byte ``offset``."""
     with log_path.open("rb") as f:
         f.seek(offset)
         text = f.read().decode(errors="replace")
     return [
-        {"hosts": int(m[1]), "plan_seconds": float(m[2]), "writes": int(m[3])}
+        {
+            "hosts": int(m[1]),
+            "plan_seconds": float(m[2]),
+            "writes": int(m[3]),
+            "seconds": {k: float(v) for k, v in PHASE.findall(m[4] or "")},
+        }
         for m in RECONCILED.finditer(text)
     ]
 
@@ -536,6 +543,7 @@ def one_join(
         "reconciles": len(reconciles),
         "plan_seconds": round(sum(r["plan_seconds"] for r in reconciles), 3),
         "reconcile_writes": [r["writes"] for r in reconciles],
+        "reconcile_seconds": [r["seconds"] for r in reconciles],
     }
 
 
@@ -731,6 +739,9 @@ def report(kind: str, hosts: int, nics: int, result: dict[str, Any], rss_target:
         f"{join['operator_writes']} write(s) (target <= {nics + 2}), requests: {verbs}; "
         f"{join['reconciles']} reconcile(s), planner {join['plan_seconds']:.3f} s"
     )
+    for seconds in join.get("reconcile_seconds") or []:
+        if seconds:
+            print("    its reconcile: " + ", ".join(f"{k} {v:.3f} s" for k, v in seconds.items()))
     if baseline["seconds"] > CONVERGE_GOAL:
         print(
             f"  the {CONVERGE_GOAL:g} s goal is below this machine's floor: the bare creates "

@@ -9,8 +9,16 @@ from typing import Any
 
 import pytest
 
-from multinic_core.models import POOL_RETIRED_ACK, POOL_RETIRED_LABEL
-from multinic_operator.cache import CachedPool, pool_body, slim_pool
+from multinic_core.models import (
+    CIDR,
+    POOL_RETIRED_ACK,
+    POOL_RETIRED_LABEL,
+    HostInterface,
+    MultiNicNetwork,
+    load_resource,
+)
+from multinic_core.planner import plan_cidrs
+from multinic_operator.cache import CachedPool, ClusterCache, pool_body, slim_pool
 from multinic_operator.informer import Informer, newer
 from multinic_operator.kube import KubeApi, load_client_configuration
 from multinic_sim.faults import FaultRule
@@ -217,3 +225,112 @@ def test_no_list_per_reconcile(cluster: Any, operator_runner: Any) -> None:
             ("multinic.fms.io", "ippools", "create"),
             ("multinic.fms.io", "multinicnetworks/status", "patch"),
         ]
+
+
+def _plan_from_scratch(cluster: Any) -> dict[tuple[str, str], str]:
+    """The blocks a from-scratch plan of the hosts now gives, with the stored plan as previous."""
+    network = load_resource(MultiNicNetwork, cluster.network())
+    nodes = {n["metadata"]["name"] for n in cluster.api.list("v1", "Node")}
+    hosts = [
+        load_resource(HostInterface, h)
+        for h in cluster.api.list(API, "HostInterface")
+        if (h["spec"].get("hostName") or h["metadata"]["name"]) in nodes
+    ]
+    previous = load_resource(CIDR, cluster.cidr()).spec
+    plan = plan_cidrs(network, hosts, previous)
+    return {(h.host_name, h.interface_name): h.pod_cidr for e in plan.spec.cidr for h in e.hosts}
+
+
+def test_replans_from_the_changed_hosts_equal_planning_from_scratch(
+    cluster: Any, operator_runner: Any
+) -> None:
+    """Joins, a NIC change, a HostInterface before its Node, a Node gone and back.
+
+    After the first plan the operator gives its planner only the hosts that
+    changed (the caches track them); every plan must still be what planning
+    all hosts from scratch gives, and the planner must have seen the changes.
+    """
+    for host in ("node1", "node2"):
+        cluster.add_host(host)
+    with operator_runner() as op:
+        cluster.create(network_body())
+        cluster.wait(lambda: len(cluster.pools()) == 4, "converged")
+        planned = op.services.reconciler._planners["demo"][0]
+
+        def settled(hosts: int) -> bool:
+            return (cluster.status().get("discovery") or {}).get("cidrProcessed") == hosts
+
+        # A HostInterface whose Node does not exist yet is not planned...
+        cluster.set_host_nics(
+            "node3",
+            [("eth1", "10.0.1.0/24", "10.0.1.33"), ("eth2", "10.0.2.0/24", "10.0.2.33")],
+            create=True,
+        )
+        cluster.add_host("node4")
+        cluster.wait(lambda: settled(3), "node4 planned")
+        assert {host for host, _ in cluster.pod_cidrs()} == {"node1", "node2", "node4"}
+        # ...until it comes.
+        cluster.api.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node3"}})
+        cluster.nodes.add("node3")
+        cluster.wait(lambda: settled(4), "node3 planned once its Node came")
+        assert cluster.pod_cidrs() == _plan_from_scratch(cluster)
+        # node2 loses its eth2 network; node1's eth1 address changes.
+        cluster.set_host_nics("node2", [("eth1", "10.0.1.0/24", "10.0.1.13")])
+        cluster.set_host_nics(
+            "node1", [("eth1", "10.0.1.0/24", "10.0.1.99"), ("eth2", "10.0.2.0/24", "10.0.2.12")]
+        )
+        cluster.wait(
+            lambda: ("node2", "eth2") not in cluster.pod_cidrs(), "node2 left eth2's entry"
+        )
+        cluster.wait(
+            lambda: any(
+                h.get("hostIP") == "10.0.1.99"
+                for e in cluster.cidr()["spec"]["cidr"]
+                for h in e.get("hosts") or []
+            ),
+            "node1's new address in the plan",
+        )
+        assert cluster.pod_cidrs() == _plan_from_scratch(cluster)
+        # node4's Node goes (it leaves), then comes back (it joins again).
+        cluster.delete_node("node4")
+        cluster.wait(lambda: settled(3), "node4 left")
+        assert cluster.pod_cidrs() == _plan_from_scratch(cluster)
+        cluster.add_host("node4")
+        cluster.wait(lambda: settled(4), "node4 back")
+        assert cluster.pod_cidrs() == _plan_from_scratch(cluster)
+        # The same planner followed all of it (no from-scratch rebuild on the way).
+        assert op.services.reconciler._planners["demo"][0] is planned
+        assert sorted(planned.host_names) == ["node1", "node2", "node3", "node4"]
+
+
+def test_the_cache_names_the_hosts_that_changed(cluster: Any, informer_api: KubeApi) -> None:
+    cache = ClusterCache(informer_api)
+    cache.start()
+    try:
+        cache.ready()
+        start = cache.hosts_version()
+        assert start is not None
+        cluster.add_host("node1")
+        cluster.wait(
+            lambda: (
+                [h.name for h in cache.host_interfaces()] == ["node1"]
+                and cache.node_names() == {"node1"}
+            ),
+            "node1's Node and HostInterface cached",
+        )
+        assert cache.hosts_changed_since(start) == {"node1"}
+        seen = cache.hosts_version()
+        assert seen is not None
+        # A status-only change (the agents' sync times) is not a change of the plan's inputs.
+        cluster.api.patch(
+            API,
+            "HostInterface",
+            "node1",
+            {"status": {"lastDiscoveryTime": "2026-12-07T01:00:00Z"}},
+            status=True,
+        )
+        cluster.add_host("node2")
+        cluster.wait(lambda: cache.hosts_changed_since(seen) == {"node2"}, "only node2 named")
+        assert cache.hosts_changed_since(start) == {"node1", "node2"}
+    finally:
+        cache.stop()

@@ -50,9 +50,14 @@ def raw_get(
 
 
 def raw_request(
-    api: KubeTestApi, method: str, path: str, body: bytes | None, content_type: str
+    api: KubeTestApi,
+    method: str,
+    path: str,
+    body: bytes | None,
+    content_type: str,
+    accept: str = "application/json",
 ) -> tuple[int, Any]:
-    headers = _headers(api, "application/json")
+    headers = _headers(api, accept)
     headers["Content-Type"] = content_type
     response = api.api_client.rest_client.pool_manager.request(
         method, api.server_url + path, body=body, headers=headers, timeout=10
@@ -71,14 +76,18 @@ def _headers(api: KubeTestApi, accept: str) -> dict[str, str]:
 
 
 def watch_lines(
-    api: KubeTestApi, path: str, query: dict[str, Any], during: Any = None
+    api: KubeTestApi,
+    path: str,
+    query: dict[str, Any],
+    during: Any = None,
+    accept: str = "application/json",
 ) -> list[dict[str, Any]]:
     """Open a watch (bounded by its timeoutSeconds), run *during*, return all events."""
     response = api.api_client.rest_client.pool_manager.request(
         "GET",
         api.server_url + path,
         fields={"watch": "true", **query},
-        headers=_headers(api, "application/json"),
+        headers=_headers(api, accept),
         preload_content=False,
         timeout=30,
     )
@@ -1100,6 +1109,58 @@ def test_watch_bookmarks_carry_a_resource_version(
         assert event["type"] == "BOOKMARK"
         assert int(event["object"]["metadata"]["resourceVersion"]) >= int(start)
         assert event["object"]["kind"] == "ConfigMap"
+
+
+METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+
+
+def test_metadata_only_answers_for_get_list_patch_and_watch(
+    kube_api: KubeTestApi, widgets: WidgetClient
+) -> None:
+    """client-go's metadata client (what the operator reads big CIDRs with): no spec, no status."""
+    path = f"/apis/{GROUP}/{VERSION}/{PLURAL}"
+    made = widgets.create(widgets.body("meta-only", size=3))
+    status, got = raw_get(kube_api, f"{path}/meta-only", accept=METADATA)
+    assert status == 200
+    assert (got["kind"], got["apiVersion"]) == ("PartialObjectMetadata", "meta.k8s.io/v1")
+    assert got["metadata"]["name"] == "meta-only"
+    assert got["metadata"]["resourceVersion"] == made["metadata"]["resourceVersion"]
+    assert "spec" not in got and "status" not in got
+    status, listed = raw_get(kube_api, path, accept=METADATA_LIST)
+    assert status == 200
+    assert (listed["kind"], listed["apiVersion"]) == ("PartialObjectMetadataList", "meta.k8s.io/v1")
+    assert listed["metadata"]["resourceVersion"]
+    mine = [i for i in listed["items"] if i["metadata"]["name"] == "meta-only"]
+    assert len(mine) == 1
+    assert mine[0]["kind"] == "PartialObjectMetadata" and "spec" not in mine[0]
+
+    def change() -> None:
+        code, answer = raw_request(
+            kube_api,
+            "PATCH",
+            f"{path}/meta-only",
+            json.dumps({"spec": {"size": 4}}).encode(),
+            "application/merge-patch+json",
+            accept=METADATA,
+        )
+        assert code == 200
+        assert answer["kind"] == "PartialObjectMetadata" and "spec" not in answer
+        assert answer["metadata"]["generation"] == 2
+
+    events = watch_lines(
+        kube_api,
+        path,
+        {"resourceVersion": made["metadata"]["resourceVersion"], "timeoutSeconds": "2"},
+        during=change,
+        accept=METADATA,
+    )
+    modified = [e for e in events if e["type"] == "MODIFIED"]
+    assert len(modified) == 1
+    assert modified[0]["object"]["kind"] == "PartialObjectMetadata"
+    assert modified[0]["object"]["metadata"]["generation"] == 2
+    assert "spec" not in modified[0]["object"]
+    assert widgets.get("meta-only")["spec"]["size"] == 4
 
 
 def test_watch_from_compacted_resource_version_is_gone(

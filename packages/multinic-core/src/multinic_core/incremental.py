@@ -40,6 +40,7 @@ from multinic_core.models import (
     HostInterfaceInfo,
     MultiNicNetwork,
     PluginConfig,
+    compact,
 )
 from multinic_core.planner import (
     IndexSpace,
@@ -141,7 +142,8 @@ class _Entry:
 
     def adopt(self, infos: Sequence[HostInterfaceInfo], host_names: Iterable[str]) -> None:
         """Take over the entry as a from-scratch plan made it (``infos`` by index)."""
-        self.infos = list(infos)
+        # Kept for as long as the planner lives (80,000 at 10,000 x 8): compacted.
+        self.infos = [compact(info) for info in infos]
         self.order = [info.host_index for info in infos]
         self.index_of = {info.host_name: info.host_index for info in infos}
         self.used = set(self.order)
@@ -334,6 +336,10 @@ class IncrementalPlanner:
     @property
     def host_names(self) -> list[str]:
         return list(self._hosts)
+
+    def __contains__(self, name: object) -> bool:
+        """Whether host ``name`` is one of the planner's hosts."""
+        return name in self._hosts
 
     def result(self) -> PlanResult:
         """The plan as it is now (the same object until the next change)."""

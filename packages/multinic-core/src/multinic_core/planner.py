@@ -18,6 +18,7 @@ thousands of hosts is linear in the number of (host, NIC) pairs.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -40,6 +41,7 @@ from multinic_core.models import (
     ObjectMeta,
     OwnerReference,
     PluginConfig,
+    compact,
     ippool_name,
     parse_cidr,
 )
@@ -692,11 +694,20 @@ def block_fields(
     }
 
 
+_BLOCK_FIELDS = {"host_index", "host_name", "interface_name", "host_ip", "pod_cidr", "ippool"}
+
+
 def block_info(
     network_name: str, space: IndexSpace, index: int, name: str, nic: _Nic
 ) -> HostInterfaceInfo:
     """Host ``name``'s block ``index`` of an interface entry, as the plan lists it."""
-    return HostInterfaceInfo.model_validate(block_fields(network_name, space, index, name, nic))
+    # The planner's own values (checked when parsed): no validation; compacted,
+    # as the plan keeps one per host and NIC (80,000 at 10,000 x 8).
+    return compact(
+        HostInterfaceInfo.model_construct(
+            _BLOCK_FIELDS, **block_fields(network_name, space, index, name, nic)
+        )
+    )
 
 
 def host_unplaced(
@@ -770,6 +781,30 @@ def cidr_processed(spec: CIDRSpec) -> int:
     return len({host.host_name for entry in spec.cidr for host in entry.hosts})
 
 
+def _block_start(cidr: str) -> tuple[int, int, int]:
+    """(IP version, prefix length, first address as an int) of a CIDR.
+
+    As ``netaddr.IPNetwork`` gives them (``first`` is the block's start), in
+    a fraction of its time: called once per pool (80,000 at 10,000 x 8) on
+    every reconcile.
+    """
+    address, slash, length = cidr.partition("/")
+    try:
+        if ":" in address:
+            version, width, value = 6, 128, socket.inet_pton(socket.AF_INET6, address)
+        else:
+            version, width, value = 4, 32, socket.inet_pton(socket.AF_INET, address)
+        prefixlen = int(length) if slash else width
+    except (OSError, ValueError):
+        net = netaddr.IPNetwork(cidr)  # an unusual spelling: netaddr reads (or refuses) it
+        return net.version, net.prefixlen, net.first
+    if not 0 <= prefixlen <= width:
+        net = netaddr.IPNetwork(cidr)
+        return net.version, net.prefixlen, net.first
+    mask = ((1 << prefixlen) - 1) << (width - prefixlen)
+    return version, prefixlen, int.from_bytes(value, "big") & mask
+
+
 def pool_excludes(
     spec: CIDRSpec, exclude_cidrs: Sequence[str] | None = None
 ) -> dict[str, list[str]]:
@@ -788,22 +823,24 @@ def pool_excludes(
     groups: dict[tuple[int, int], dict[int, str]] = {}
     for entry in spec.cidr:
         for host in entry.hosts:
-            pod = netaddr.IPNetwork(host.pod_cidr)
-            result[host.pod_cidr] = []
-            groups.setdefault((pod.version, pod.prefixlen), {})[pod.first] = host.pod_cidr
+            pod_cidr = host.pod_cidr
+            result[pod_cidr] = []
+            version, prefixlen, first = _block_start(pod_cidr)
+            groups.setdefault((version, prefixlen), {})[first] = pod_cidr
     for (version, prefixlen), starts in groups.items():
         mask = ((1 << prefixlen) - 1) << (_width(version) - prefixlen)
         for exclude in excludes:
             if exclude.version == version and exclude.prefixlen > prefixlen:
-                pod_cidr = starts.get(exclude.first & mask)
-                if pod_cidr is not None:
-                    result[pod_cidr].append(exclude)
+                holder = starts.get(exclude.first & mask)
+                if holder is not None:
+                    result[holder].append(exclude)
     if not spec.config.subnet:
         for entry in spec.cidr:
             for pod_cidr, address in _host_addresses_in_pools(entry):
                 result[pod_cidr].append(address)
+    # Most pools exclude nothing: no sort (and no comprehension) for those.
     return {
-        pod_cidr: [str(net) for net in sorted(set(nets), key=_network_key)]
+        pod_cidr: [str(net) for net in sorted(set(nets), key=_network_key)] if nets else []
         for pod_cidr, nets in result.items()
     }
 

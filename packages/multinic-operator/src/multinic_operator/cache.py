@@ -25,11 +25,18 @@ import hashlib
 import json
 import logging
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from multinic_core.models import API_VERSION, POOL_RETIRED_ACK, POOL_RETIRED_LABEL, HostInterface
+from multinic_core.models import (
+    API_VERSION,
+    POOL_RETIRED_ACK,
+    POOL_RETIRED_LABEL,
+    HostInterface,
+    compact,
+)
 from multinic_core.nad import GENERATED_LABEL, NAD_API_VERSION, NAD_KIND
 from multinic_operator.desired import POOL_NETWORK_LABEL
 from multinic_operator.informer import Informer
@@ -51,6 +58,16 @@ class ClusterView(Protocol):
 
     def host_interfaces(self) -> list[HostInterface]:
         """The valid HostInterfaces (invalid ones are logged and left out)."""
+
+    def hosts_version(self) -> int | None:
+        """A counter of host changes (None: not tracked; the reconciler then compares all).
+
+        A host changes when its HostInterface's NICs, labels or route results
+        change, or it or its Node comes or goes.
+        """
+
+    def hosts_changed_since(self, version: int) -> set[str]:
+        """The host names that changed after ``hosts_version()`` gave ``version``."""
 
     def pools_of(self, network: str) -> Mapping[str, dict[str, Any]]:
         """The IPPools labelled with ``network``, by name."""
@@ -108,10 +125,26 @@ class CachedHost:
     digest: bytes
 
 
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
 def cached_host(body: dict[str, Any]) -> CachedHost:
+    """The HostInterface as the reconciler reads it, compacted (10,000 of them are cached).
+
+    What the API adds that no plan reads is left out: ``managedFields`` and
+    kubectl's copy of the last applied object.
+    """
     digest = hashlib.blake2b(host_digest(body).encode(), digest_size=16).digest()
+    meta = body.get("metadata") or {}
+    if "managedFields" in meta or LAST_APPLIED in (meta.get("annotations") or {}):
+        meta = {k: v for k, v in meta.items() if k != "managedFields"}
+        if LAST_APPLIED in (meta.get("annotations") or {}):
+            meta["annotations"] = {
+                k: v for k, v in meta["annotations"].items() if k != LAST_APPLIED
+            }
+        body = {**body, "metadata": meta}
     try:
-        return CachedHost(HostInterface.model_validate(body), digest)
+        return CachedHost(compact(HostInterface.model_validate(body)), digest)
     except ValueError as e:
         log.warning("ignoring invalid HostInterface %s: %s", body["metadata"]["name"], e)
         return CachedHost(None, digest)
@@ -247,6 +280,10 @@ class PoolBodies(Mapping[str, dict[str, Any]]):
     def records(self) -> Iterable[CachedPool]:
         return self._pools.values()
 
+    def version(self, name: str) -> str:
+        """The pool's resourceVersion (without building its dict)."""
+        return self._pools[name].resource_version
+
 
 def _name(body: dict[str, Any]) -> str:
     return sys.intern(str(body["metadata"]["name"]))
@@ -257,10 +294,11 @@ def _whole(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def slim_cidr(body: dict[str, Any]) -> dict[str, Any]:
-    """A CIDR without its spec (the whole plan: MBs at 10,000 hosts).
+    """A CIDR as its metadata: name, resourceVersion, generation (the informer
+    lists and watches CIDRs metadata-only; the plan is MBs at 10,000 hosts).
 
-    The reconciler knows the plan it wrote by its resourceVersion, and reads
-    the spec from the API when the version is not one it wrote.
+    The reconciler knows the plan and status it wrote by the resourceVersion,
+    and reads the object from the API when the version is not one it wrote.
     """
     meta = body.get("metadata") or {}
     slim: dict[str, Any] = {
@@ -272,8 +310,6 @@ def slim_cidr(body: dict[str, Any]) -> dict[str, Any]:
             "generation": meta.get("generation"),
         },
     }
-    if body.get("status") is not None:
-        slim["status"] = body["status"]
     return slim
 
 
@@ -298,6 +334,10 @@ class ClusterCache:
     def __init__(self, api: KubeApi) -> None:
         self.api = api
         self._request: Request | None = None
+        self._changes = threading.Lock()
+        self._hosts_version = 0
+        self._host_changes: dict[str, int] = {}
+        """Host name -> the version of its last change, oldest first."""
         self.networks: Informer[str] = Informer(api, API_VERSION, "MultiNicNetwork", _name)
         self.nodes: Informer[str] = Informer(api, "v1", "Node", _name, on_change=self._node)
         self.hosts: Informer[CachedHost] = Informer(
@@ -306,8 +346,10 @@ class ClusterCache:
         self.pools: Informer[CachedPool] = Informer(
             api, API_VERSION, "IPPool", slim_pool, index=pool_network, on_change=self._pool
         )
+        # Metadata only: a CIDR is the whole plan (~13 MB at 10,000 x 8), and
+        # every write of it would come back as a watch event of that size.
         self.cidrs: Informer[dict[str, Any]] = Informer(
-            api, API_VERSION, "CIDR", slim_cidr, on_change=self._cidr
+            api, API_VERSION, "CIDR", slim_cidr, on_change=self._cidr, metadata_only=True
         )
         self.nad_cache: Informer[dict[str, Any]] = Informer(
             api,
@@ -378,6 +420,27 @@ class ClusterCache:
     def host_interfaces(self) -> list[HostInterface]:
         return [c.host for c in self.hosts.items() if c.host is not None]
 
+    def hosts_version(self) -> int | None:
+        with self._changes:
+            return self._hosts_version
+
+    def hosts_changed_since(self, version: int) -> set[str]:
+        changed: set[str] = set()
+        with self._changes:
+            for name, at in reversed(self._host_changes.items()):
+                if at <= version:
+                    break
+                changed.add(name)
+        return changed
+
+    def _host_changed(self, *names: str | None) -> None:
+        with self._changes:
+            self._hosts_version += 1
+            for name in names:
+                if name:
+                    self._host_changes.pop(name, None)  # re-inserted last: in version order
+                    self._host_changes[name] = self._hosts_version
+
     def pools_of(self, network: str) -> Mapping[str, dict[str, Any]]:
         return PoolBodies(self.pools.indexed(network))
 
@@ -422,13 +485,16 @@ class ClusterCache:
         if self._request is not None:
             self._request(names)
 
-    def _node(self, _key: str, old: str | None, new: str | None) -> None:
+    def _node(self, key: str, old: str | None, new: str | None) -> None:
         # Only a Node that came or went: heartbeats change nothing a plan uses.
         if old is None or new is None:
+            self._host_changed(key)
             self._ask(None)
 
-    def _host(self, _key: str, old: CachedHost | None, new: CachedHost | None) -> None:
+    def _host(self, key: str, old: CachedHost | None, new: CachedHost | None) -> None:
         if old is None or new is None or old.digest != new.digest:
+            # Marked under its object name and its hostName (the plan's name), old and new.
+            self._host_changed(key, *(_plan_name(c) for c in (old, new)))
             self._ask(None)
 
     def _pool(self, _key: str, old: CachedPool | None, new: CachedPool | None) -> None:
@@ -458,6 +524,12 @@ class ClusterCache:
             self._ask(None)
 
 
+def _plan_name(cached: CachedHost | None) -> str | None:
+    if cached is None or cached.host is None:
+        return None
+    return cached.host.spec.host_name or cached.host.name
+
+
 class LiveView:
     """``ClusterView`` by requests: each read lists or gets."""
 
@@ -482,6 +554,12 @@ class LiveView:
             if cached.host is not None:
                 hosts.append(cached.host)
         return hosts
+
+    def hosts_version(self) -> int | None:
+        return None
+
+    def hosts_changed_since(self, version: int) -> set[str]:
+        raise NotImplementedError("LiveView does not track host changes")
 
     def pools_of(self, network: str) -> dict[str, dict[str, Any]]:
         return {

@@ -119,6 +119,16 @@ class DesiredPools(Mapping[str, dict[str, Any]]):
     def exclude(self, name: str, addresses: Sequence[str]) -> None:
         self._extra.setdefault(name, []).extend(addresses)
 
+    def block(self, name: str) -> HostInterfaceInfo | None:
+        """The plan's block a pool is made from: the same object while the plan keeps it.
+
+        None when the pool's body also depends on something else (addresses
+        held by retired pools, ``exclude``).
+        """
+        if name in self._extra:
+            return None
+        return self._where[name][1]
+
 
 def _same_cidrs(a: Iterable[str], b: Iterable[str]) -> bool:
     """Whether two CIDR lists name the same blocks, whatever their order or spelling."""

@@ -75,8 +75,11 @@ class Informer(Generic[T]):
         index: Callable[[T], str | None] | None = None,
         on_change: Callable[[str, T | None, T | None], None] | None = None,
         watch_seconds: int = WATCH_SECONDS,
+        metadata_only: bool = False,
     ) -> None:
         self.api = api
+        self.metadata_only = metadata_only
+        """List and watch the objects' metadata only (``transform`` gets PartialObjectMetadata)."""
         self.api_version = api_version
         self.kind = kind
         self.transform = transform
@@ -252,7 +255,11 @@ class Informer(Generic[T]):
             fresh[object_key(body)] = (version, self.transform(body))
 
         version = self.api.list_versioned(
-            self.api_version, self.kind, keep, label_selector=self.label_selector
+            self.api_version,
+            self.kind,
+            keep,
+            label_selector=self.label_selector,
+            metadata_only=self.metadata_only,
         )
         changes: list[tuple[str, T | None, T | None]] = []
         with self._lock:
@@ -283,6 +290,7 @@ class Informer(Generic[T]):
             self.resource_version,
             label_selector=self.label_selector,
             timeout_seconds=self.watch_seconds,
+            metadata_only=self.metadata_only,
         )
         self._stream = stream
         self.watches += 1

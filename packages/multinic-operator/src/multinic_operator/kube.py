@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = "multinic-operator/0.1.0"
 MERGE_PATCH = "application/merge-patch+json"
+JSON = "application/json"
+METADATA_ONLY = f"{JSON};as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+"""Accept: the answer (or each watch event) is the object's metadata only, as client-go's
+metadata client asks for it; the object's kind is then ``PartialObjectMetadata``."""
+METADATA_LIST = f"{JSON};as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 TRANSIENT_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
 DEFAULT_TIMEOUT = 30.0
 
@@ -258,11 +263,13 @@ class KubeApi:
         *,
         label_selector: str = "",
         page: int = 500,
+        metadata_only: bool = False,
     ) -> str:
         """Call ``each`` on every object (page by page); the list's resourceVersion.
 
         The resourceVersion is the first page's: every page belongs to that
-        one snapshot, and a watch from it misses nothing.
+        one snapshot, and a watch from it misses nothing.  ``metadata_only``:
+        each object is its metadata only (kind ``PartialObjectMetadata``).
         """
         rk = self.kind(api_version, kind)
         query: dict[str, str] = {"limit": str(page)}
@@ -271,7 +278,12 @@ class KubeApi:
         version = ""
         while True:
             answer = self._request(
-                "list", "GET", rk.collection(), query=query, what=f"{rk.kind} list"
+                "list",
+                "GET",
+                rk.collection(),
+                query=query,
+                what=f"{rk.kind} list",
+                accept=METADATA_LIST if metadata_only else JSON,
             )
             meta = answer.get("metadata") or {}
             version = version or str(meta.get("resourceVersion") or "")
@@ -292,11 +304,13 @@ class KubeApi:
         *,
         label_selector: str = "",
         timeout_seconds: int = 300,
+        metadata_only: bool = False,
     ) -> WatchStream:
         """A watch from ``resourceVersion`` with bookmarks; iterate it for (type, object).
 
         An ``ERROR`` event raises ``KubeApiError`` with its code (410: the
         version is too old, list again).  ``close()`` ends it from any thread.
+        ``metadata_only``: each event's object is its metadata only.
         """
         rk = self.kind(api_version, kind)
         query = {
@@ -315,13 +329,16 @@ class KubeApi:
             what=what,
             query=query,
             timeout=(self.timeout, timeout_seconds + self.timeout),
+            accept=METADATA_ONLY if metadata_only else JSON,
         )
         if not 200 <= response.status <= 299:
             data = response.read()
             raise KubeApiError("watch", what, response.status, _status_message(data))
         return WatchStream(response.response, what)
 
-    def create(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    def create(self, body: Mapping[str, Any], *, metadata_only: bool = False) -> dict[str, Any]:
+        """Create ``body``; the object as stored (``metadata_only``: its metadata, see
+        ``METADATA_ONLY``: what a big object's writer needs of the answer)."""
         rk, name, namespace = self._identify(body)
         obj: dict[str, Any] = self._request(
             "create",
@@ -329,6 +346,7 @@ class KubeApi:
             rk.collection(namespace),
             body=dict(body),
             what=rk.describe(name, namespace),
+            accept=METADATA_ONLY if metadata_only else JSON,
         )
         return obj
 
@@ -341,10 +359,12 @@ class KubeApi:
         namespace: str | None = None,
         *,
         status: bool = False,
+        metadata_only: bool = False,
     ) -> dict[str, Any]:
         """A JSON merge patch; put ``metadata.resourceVersion`` in it to guard a change.
 
-        ``patch`` may be given JSON-encoded already (bytes).
+        ``patch`` may be given JSON-encoded already (bytes).  ``metadata_only``:
+        the answer is the object's metadata only (``METADATA_ONLY``).
         """
         rk = self.kind(api_version, kind)
         path = rk.item(name, namespace) + ("/status" if status else "")
@@ -355,6 +375,7 @@ class KubeApi:
             body=patch if isinstance(patch, bytes) else dict(patch),
             content_type=MERGE_PATCH,
             what=rk.describe(name, namespace) + (" status" if status else ""),
+            accept=METADATA_ONLY if metadata_only else JSON,
         )
         return obj
 
@@ -406,10 +427,18 @@ class KubeApi:
         what: str,
         query: Mapping[str, str] | None = None,
         body: Any = None,
-        content_type: str = "application/json",
+        content_type: str = JSON,
+        accept: str = JSON,
     ) -> Any:
         response = self._send(
-            verb, method, path, what=what, query=query, body=body, content_type=content_type
+            verb,
+            method,
+            path,
+            what=what,
+            query=query,
+            body=body,
+            content_type=content_type,
+            accept=accept,
         )
         try:
             data: bytes = response.read()
@@ -428,8 +457,9 @@ class KubeApi:
         what: str,
         query: Mapping[str, str] | None = None,
         body: Any = None,
-        content_type: str = "application/json",
+        content_type: str = JSON,
         timeout: float | tuple[float, float] | None = None,
+        accept: str = JSON,
     ) -> Any:
         """Send one request (counted by verb); the response, its body not read yet.
 
@@ -441,7 +471,7 @@ class KubeApi:
         """
         with self._lock:
             self.requests[verb] += 1
-        headers = {"Accept": "application/json", "Content-Type": content_type}
+        headers = {"Accept": accept, "Content-Type": content_type}
         wait = timeout or self.timeout
         try:
             _, url, headers, _, _ = self.api_client.param_serialize(

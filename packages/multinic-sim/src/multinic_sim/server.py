@@ -556,6 +556,15 @@ class ApiServer:
                         include_object=query.get("includeObject", "Metadata"),
                     )
                 )
+            if _wants_metadata(request):
+                return _json_response(
+                    {
+                        "kind": "PartialObjectMetadataList",
+                        "apiVersion": "meta.k8s.io/v1",
+                        "metadata": result.list_meta(),
+                        "items": [partial_metadata(o) for o in result.items],
+                    }
+                )
             return _json_response(
                 {
                     "kind": rt.list_kind(),
@@ -660,6 +669,8 @@ class ApiServer:
                 status,
                 headers,
             )
+        if _wants_metadata(request):
+            return _json_response(partial_metadata(obj), status, headers)
         return _json_response(obj, status, headers)
 
     # -- watch --------------------------------------------------------------
@@ -676,6 +687,7 @@ class ApiServer:
         bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
         initial, failure = self._start_watch(watcher, query)
         as_table = _wants_table(request)
+        as_metadata = not as_table and _wants_metadata(request)
         include = query.get("includeObject", "Metadata")
 
         def render(obj: Obj) -> Any:
@@ -687,9 +699,12 @@ class ApiServer:
                     list_meta={"resourceVersion": viewed["metadata"].get("resourceVersion", "")},
                     include_object=include,
                 )
+            if as_metadata:
+                return partial_metadata(viewed)
             return viewed
 
-        view_key = f"{rt.api_version}|{'table:' + include if as_table else 'json'}"
+        shape = "table:" + include if as_table else "metadata" if as_metadata else "json"
+        view_key = f"{rt.api_version}|{shape}"
         response = web.StreamResponse(
             status=200, headers={"Content-Type": JSON, "Cache-Control": "no-cache"}
         )
@@ -931,6 +946,22 @@ def _page_not_found() -> web.Response:
 
 def _wants_table(request: web.Request) -> bool:
     return "as=Table" in request.headers.get("Accept", "")
+
+
+def _wants_metadata(request: web.Request) -> bool:
+    """``Accept: application/json;as=PartialObjectMetadata[List];g=meta.k8s.io;v=v1``
+    (client-go's metadata client): objects are answered as their metadata only."""
+    accept = request.headers.get("Accept", "")
+    return "as=PartialObjectMetadata" in accept and "g=meta.k8s.io" in accept
+
+
+def partial_metadata(obj: dict[str, Any]) -> dict[str, Any]:
+    """An object as kube-apiserver answers a metadata-only request for it."""
+    return {
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": obj.get("metadata") or {},
+    }
 
 
 def _int_param(query: Any, name: str) -> int | None:
