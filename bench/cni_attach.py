@@ -35,17 +35,19 @@ parallel delegates need.
 
 With the in-process delegates the agent's share is no longer a delegate's
 exec but its netlink requests: about 0.5 ms of kernel and Python per NIC
-when alone (create, rename, address, up, routes, arp_notify), so the ADD
-ratio falls with N (measured 0.40 at 2 NICs, 0.24 at 8; exec'd 1.01 and
+when alone (create under the final name, arp_notify, address, up,
+routes), so the ADD ratio falls with N (measured 0.40 at 2 NICs, 0.24 at 8; exec'd 1.01 and
 0.97).  DEL is the kernel's unregister of the link (RCU waits, tens of ms
 whoever asks), in parallel here and one after the other in the baseline.
 A storm is bound by the kernel: link set-up holds the rtnl lock, and in
 bridge mode every new macvlan's gratuitous ARP (``arp_notify``) and IPv6
 multicast are delivered to every sibling macvlan of its master, so the
 kernel's cost per NIC grows with the pods already on the node (500 pods x 8
-NICs: 84 pods/s for the delegate work alone, 125 in private mode), then by
-the agent's own per-pod work on one core (IPAM and record fsyncs on the
-event loop, selection, JSON).
+NICs: about 100 pods/s for the delegate work alone, 84 while it renamed
+each link as the plugin does), and by the contention of concurrent ADDs
+for that lock; then by the agent's own per-pod work (selection, JSON on
+the event loop; the IPAM and record fsyncs in threads, one fsync shared by
+the ADDs waiting together).
 
     .venv/bin/python bench/cni_attach.py [--quick] [--shim compiled|python] [--nics N]
         [--storm-pods P] [--storm-concurrency C] [--exec-delegates] [--floor]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -163,3 +166,50 @@ def test_journal_stays_short_under_churn(tmp_path: Path, monkeypatch: pytest.Mon
         "192.168.0.1",
         "192.168.128.1",
     ]
+
+
+def test_concurrent_changes_share_fsyncs_and_each_is_on_disk_before_it_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: fewer fsyncs than changes, and none returns before its line is synced."""
+    journal = AllocationJournal(tmp_path)
+    real_fsync = os.fsync
+    covered = [0]  # bytes of the journal an ended fsync has made durable
+    fsyncs = []
+    guard = threading.Lock()
+
+    def slow_fsync(fd: int) -> None:
+        size = os.fstat(fd).st_size
+        time.sleep(0.02)  # a slow disk: the other writers queue behind it
+        real_fsync(fd)
+        with guard:
+            fsyncs.append(size)
+            covered[0] = max(covered[0], size)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    writers = 16
+    start = threading.Barrier(writers)
+    durable_at_return: dict[str, int] = {}
+
+    def add(container: str) -> None:
+        start.wait()
+        journal.allocate("demo", container, "net1", [ETH2])
+        with guard:
+            durable_at_return[container] = covered[0]
+
+    threads = [threading.Thread(target=add, args=(f"c{i}",)) for i in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    text = (tmp_path / JOURNAL_FILE).read_text()
+    for container, durable in durable_at_return.items():
+        end = text.index(f'"container_id":"{container}"')
+        end = text.index("\n", end) + 1
+        assert end <= durable, f"{container} returned before its line was on disk"
+    assert len(fsyncs) < writers / 2, fsyncs
+    monkeypatch.undo()
+    journal.close()
+    reopened = AllocationJournal(tmp_path)
+    held = [e.address for e in reopened.all_entries()]
+    assert len(held) == writers == len(set(held))

@@ -3,7 +3,7 @@
 Each case attaches one pod namespace with the exec'd reference ``macvlan``
 binary (which execs ``static``) and another with :class:`MacvlanInProcess`,
 both from the same host namespace and master NIC, and compares what a user
-can see: the link (kind, mode, MTU, flags, txqueuelen, MAC where it is not
+can see: the link (kind, mode, MTU, flags, txqueuelen, name_assign_type, MAC where it is not
 random), its addresses, every route of every table, the sysctls, the result
 JSON, CHECK's answer, and that DEL leaves the pod and the master as before.
 Hostile calls must fail with the same CNI error codes.
@@ -176,18 +176,24 @@ def snapshot(pod: str, ifname: str, mac_random: bool) -> dict[str, Any]:
             routes.append(json.dumps(route, sort_keys=True))
     paths = [f"/proc/sys/{s.format(**{'if': ifname})}" for s in SYSCTLS]
     values = subprocess.run(
-        ["ip", "netns", "exec", pod, "cat", f"/sys/class/net/{ifname}/tx_queue_len", *paths],
+        [
+            "ip", "netns", "exec", pod, "cat",
+            f"/sys/class/net/{ifname}/tx_queue_len",
+            f"/sys/class/net/{ifname}/name_assign_type",  # 4: renamed, as the plugin's are
+            *paths,
+        ],
         capture_output=True,
         text=True,
         check=True,
-    ).stdout.split()
+    ).stdout.split()  # fmt: skip
     lo = ip_json(pod, "link", "show", "dev", "lo")[0]["flags"]
     return {
         "link": link,
         "addresses": addresses,
         "routes": sorted(routes),
         "txqlen": values[0],
-        "sysctls": dict(zip(SYSCTLS, values[1:], strict=True)),
+        "name_assign_type": values[1],
+        "sysctls": dict(zip(SYSCTLS, values[2:], strict=True)),
         "lo": lo,
     }
 
@@ -454,6 +460,66 @@ def test_delete_succeeds_when_the_master_is_gone(setup: Setup) -> None:
     deleted = inprocess(setup.host, cni_env("DEL", setup.inprocess_pod), conf)
     assert deleted.status == 0, deleted.out
     assert links(setup.inprocess_pod) == ["lo"]
+
+
+def test_name_clashes_fail_and_pass_as_with_the_reference(setup: Setup) -> None:
+    """The link is created under its final name at once; clashes end as the plugin's rename.
+
+    A pod link of that name: the same error, word for word, nothing left.  A
+    host link of that name (where the request is sent from) is no clash for
+    the plugin (it creates a random name there): none here either.  A name
+    only the rename takes apart (``%d``) fails as the plugin's rename does.
+    """
+    good = config(ipam=static({"address": "10.6.0.5/24"}))
+    for pod in setup.pods():
+        ip("-n", pod, "link", "add", "net1-0", "type", "veth", "peer", "name", "other")
+    ref, mine = both(setup, "ADD", good)
+    assert ref.status == 1, ref.out
+    assert json.loads(mine.out) == json.loads(ref.out)
+    assert "failed to rename macvlan" in json.loads(mine.out)["msg"], mine.out
+    assert links(setup.inprocess_pod) == ["lo", "net1-0", "other"]
+    for pod in setup.pods():
+        ip("-n", pod, "link", "del", "net1-0")
+
+    ip("-n", setup.host, "link", "add", "net1-0", "type", "veth", "peer", "name", "other")
+    ref, mine = both(setup, "ADD", good)
+    assert (ref.status, mine.status) == (0, 0), (ref.out, mine.out)
+    assert snapshot(setup.inprocess_pod, "net1-0", True) == snapshot(
+        setup.reference_pod, "net1-0", True
+    )
+    assert [o.status for o in both(setup, "DEL", good)] == [0, 0]
+    ip("-n", setup.host, "link", "del", "net1-0")
+
+    ref, mine = both(setup, "ADD", good, ifname="net%d")
+    assert ref.status == 1, ref.out
+    assert (mine.status, mine.code) == (ref.status, ref.code), (ref.out, mine.out)
+    assert links(setup.inprocess_pod) == ["lo"]  # 1.1.1 leaves its link (net0)
+
+
+def test_master_lookups_follow_the_master(setup: Setup) -> None:
+    """No stale master: renamed away, recreated under its name, given a smaller MTU."""
+    good = config(ipam=static({"address": "10.6.0.5/24"}))
+    pod = setup.inprocess_pod
+    assert inprocess(setup.host, cni_env("ADD", pod), good).status == 0
+    assert inprocess(setup.host, cni_env("DEL", pod), good).status == 0
+    ip("-n", setup.host, "link", "set", "eth1", "name", "eth1old")
+    ref, mine = both(setup, "ADD", good)
+    assert json.loads(mine.out) == json.loads(ref.out)
+    assert json.loads(mine.out)["msg"] == "Link not found"
+    ip("-n", setup.host, "link", "add", "eth1", "type", "veth", "peer", "name", "eth1q")
+    for nic in ("eth1", "eth1q"):
+        ip("-n", setup.host, "link", "set", nic, "up")
+    added = inprocess(setup.host, cni_env("ADD", pod), good)
+    assert added.status == 0, added.out
+    shown = ip_json(pod, "-d", "link", "show", "dev", "net1-0")[0]
+    master = ip_json(setup.host, "link", "show", "dev", "eth1")[0]
+    assert shown["link_index"] == master["ifindex"]
+    assert inprocess(setup.host, cni_env("DEL", pod), good).status == 0
+    ip("-n", setup.host, "link", "set", "eth1", "mtu", "1300")
+    ref, mine = both(setup, "ADD", {**good, "mtu": 1400})
+    assert ref.status == 1, ref.out
+    assert json.loads(mine.out) == json.loads(ref.out)
+    assert links(pod) == ["lo"]
 
 
 CALL = cni_env("ADD", "mnx")

@@ -24,9 +24,10 @@ import math
 import os
 import re
 from collections import defaultdict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import netaddr
 
@@ -105,6 +106,10 @@ _SHOWN = 120
 """Longest repr of a config value quoted in an error message (and the agent's log)."""
 VALID_ATTACHMENTS = "cni.dev/valid-attachments"
 DELEGATE_TIMEOUT_S = 120.0
+DURABLE_THREADS = 8
+"""Threads for the ADDs' IPAM allocations and record writes: each mostly waits
+for an fsync, and those waiting together share one (group commit)."""
+T = TypeVar("T")
 # CNI_ARGS keys that are the agent's business, not the delegates' (static
 # IPAM would otherwise add the IP= addresses to every NIC, and macvlan the
 # MAC= address, which Multus passes besides runtimeConfig.mac, to every NIC).
@@ -589,6 +594,13 @@ class CniServer:
         self._adopted_from: dict[str, IPPoolSpec] = {}
         self.exec_delegates = exec_delegates
         """Exec every delegate binary, even where a driver offers it in process."""
+        self._durable_io = ThreadPoolExecutor(DURABLE_THREADS, thread_name_prefix="durable")
+        """Where IPAM allocations and record writes wait for their fsyncs: off the
+        event loop, several at once, so that concurrent ADDs share them."""
+
+    async def _durably(self, work: Callable[..., T], *args: Any) -> T:
+        """``work(*args)`` (which returns once its change is on disk) in a durable-I/O thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._durable_io, work, *args)
 
     def preload(self) -> None:
         """Load and validate every installed plugin once, before the first pod."""
@@ -929,7 +941,10 @@ class CniServer:
         ifnames = [f"{request.ifname}-{i}" for i in range(len(nics))]
         async with contextlib.AsyncExitStack() as undo:
             try:
-                sections = ipam_plugin.add(ipam_request)
+                # Durable before it returns (the hook's contract), so before any
+                # delegate puts an address in the pod; in a thread, so that the
+                # fsyncs of concurrent ADDs are shared and the loop goes on.
+                sections = await self._durably(ipam_plugin.add, ipam_request)
             except PoolExhaustedError as e:
                 self._pod_event(
                     request,
@@ -950,7 +965,7 @@ class CniServer:
                     "mac": mac,
                 }
             multipath = split_multipath(configs, ifnames)
-            binaries = [self._find_binary(str(c["type"]), request.path) for c in configs]
+            binaries = self._find_binaries(configs, request.path)
             for config, binary in zip(configs, binaries, strict=True):
                 config["cniVersion"] = await self._delegate_version(binary, request.version)
             delegates = [
@@ -1014,7 +1029,7 @@ class CniServer:
                 result=merged.render(SUPPORTED_VERSIONS[-1]),
                 main_plugin=main_plugin.name,
             )
-            self.records.put(record)
+            await self._store(record)
             undo.pop_all()
         log.info(
             "ADD %s/%s network %s: %s on %s",
@@ -1028,6 +1043,11 @@ class CniServer:
             ),
         )
         return merged.render(request.version)
+
+    async def _store(self, record: AttachmentRecord) -> None:
+        """The record on disk (before the reply, as the journal entry is), then in memory."""
+        await self._durably(self.records.write, record)
+        self.records.keep(record)
 
     def _release(self, plugin: IpamPlugin, ipam_request: IpamRequest) -> None:
         plugin.delete(ipam_request)
@@ -1048,6 +1068,16 @@ class CniServer:
             log.error("rollback: DEL of %s (%s) failed: %s", delegate.ifname, delegate.nic, e)
 
     # ------------------------------------------------------------------ delegates
+
+    def _find_binaries(
+        self, configs: Sequence[Mapping[str, Any]], request_path: Sequence[str]
+    ) -> list[str]:
+        """Each config's delegate binary, looked up once per plugin type (NICs share one)."""
+        found = {
+            kind: self._find_binary(kind, request_path)
+            for kind in dict.fromkeys(str(c["type"]) for c in configs)
+        }
+        return [found[str(c["type"])] for c in configs]
 
     def _find_binary(self, plugin_type: str, request_path: Sequence[str]) -> str:
         if not _PLUGIN_TYPE.match(plugin_type):
@@ -1224,7 +1254,9 @@ class CniServer:
         # Before the addresses are released: none may be reused while the
         # driver's side effects (e.g. a cloud assignment) still hold it.
         await self._nics_detached(record)
-        released = self.journal.release(record.network, record.container_id, record.ifname)
+        released = await self._durably(
+            self.journal.release, record.network, record.container_id, record.ifname
+        )
         if record.ipam_type != "multi-nic-ipam":
             self._release_other(record)
         self.records.delete(*record.key)

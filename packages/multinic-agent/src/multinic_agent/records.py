@@ -2,7 +2,9 @@
 
 One small JSON file per attachment in ``<state dir>/attachments/``, written
 atomically (temporary file, fsync, rename, fsync of the directory) before the
-CNI reply.  All records are loaded when the agent starts.
+CNI reply.  Records written at the same time from several threads share the
+directory's fsync (group commit).  All records are loaded when the agent
+starts.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -88,19 +91,32 @@ def _fields_of(record: AttachmentRecord | DelegateRecord) -> dict[str, Any]:
 
 
 class RecordStore:
-    """The node's attachment records, in memory and on disk."""
+    """The node's attachment records, in memory and on disk.
+
+    :meth:`write` may run in any thread, and several at once; the in-memory
+    side (:meth:`keep`, :meth:`get`, :meth:`usage`, ...) belongs to one thread
+    (the agent's event loop).
+    """
 
     def __init__(self, state_dir: Path) -> None:
         self.directory = state_dir / RECORDS_DIR
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._records: dict[tuple[str, str], AttachmentRecord] = {}
+        self._usage: Counter[str] = Counter()
+        """Delegates per host NIC over every record, kept as records come and go."""
+        self._renamed = 0
+        """Records renamed into place so far (a sequence number)."""
+        self._dir_synced = 0
+        """Every rename up to this one is durable (the directory fsync'ed after it)."""
+        self._rename_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
         for path in sorted(self.directory.glob("*.json")):
             try:
                 record = AttachmentRecord.from_json(path.read_text(encoding="utf-8"))
             except (OSError, ValueError, KeyError, TypeError) as e:
                 log.error("attachment record %s is unreadable and ignored: %s", path, e)
                 continue
-            self._records[record.key] = record
+            self.keep(record)
         for leftover in self.directory.glob("*.tmp"):
             leftover.unlink(missing_ok=True)
         log.info("%d attachment records loaded from %s", len(self._records), self.directory)
@@ -115,34 +131,64 @@ class RecordStore:
         return list(self._records.values())
 
     def usage(self) -> Counter[str]:
-        """Attachments per host NIC (costOpt / perfOpt)."""
-        return Counter(d.nic for r in self._records.values() for d in r.delegates)
+        """Attachments per host NIC (costOpt / perfOpt): a copy, O(NICs) not O(records)."""
+        return +self._usage
 
     def put(self, record: AttachmentRecord) -> None:
         """Write the record durably, then keep it."""
+        self.write(record)
+        self.keep(record)
+
+    def write(self, record: AttachmentRecord) -> None:
+        """Write the record durably (file, rename, directory all on disk); thread-safe."""
         path = self._path(*record.key)
-        temporary = path.with_suffix(".tmp")
+        # One temporary per writer: two writes of one key never share it.
+        temporary = path.with_name(f"{path.name}.{threading.get_ident()}.tmp")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, record.to_json().encode())
             os.fsync(fd)
         finally:
             os.close(fd)
-        temporary.replace(path)
-        self._sync_directory()
+        with self._rename_lock:
+            temporary.replace(path)
+            self._renamed += 1
+            renamed = self._renamed
+        self._sync_directory(renamed)
+
+    def keep(self, record: AttachmentRecord) -> None:
+        """Hold a record (already on disk) in memory."""
+        self._forget(record.key)
         self._records[record.key] = record
+        self._usage.update(d.nic for d in record.delegates)
 
     def delete(self, container_id: str, ifname: str) -> None:
         self._path(container_id, ifname).unlink(missing_ok=True)
-        self._records.pop((container_id, ifname), None)
+        self._forget((container_id, ifname))
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        old = self._records.pop(key, None)
+        if old is not None:
+            self._usage.subtract(d.nic for d in old.delegates)
 
     def _path(self, container_id: str, ifname: str) -> Path:
         # Both are validated by the CNI server (no "/" nor ".." can reach here).
         return self.directory / f"{container_id}_{ifname}.json"
 
-    def _sync_directory(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    def _sync_directory(self, renamed: int) -> None:
+        """Return once rename ``renamed`` (and every one before it) is durable.
+
+        Group commit: one fsync of the directory, begun after the renames of
+        every writer waiting for it, serves them all.
+        """
+        with self._sync_lock:
+            if self._dir_synced >= renamed:
+                return
+            with self._rename_lock:
+                target = self._renamed
+            fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._dir_synced = target

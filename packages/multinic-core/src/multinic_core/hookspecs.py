@@ -196,7 +196,8 @@ def multinic_select_nics(request: SelectionRequest) -> list[SelectedNic]:
 def multinic_ipam_add(request: IpamRequest) -> list[dict[str, Any]]:
     """Provide addresses for the selected NICs of one attachment.
 
-    Called by the agent during ADD after selection; must be idempotent per
+    Called by the agent during ADD after selection, in a worker thread
+    (several ADDs' calls may run at once); must be idempotent per
     ``(request.container_id, request.if_name)``, and durable before it returns.
 
     :param request: the network, its parsed ``ipam`` config, the selected NICs,

@@ -190,7 +190,11 @@ class AllocationJournal:
     """Allocations of one node, in memory, made durable in an append-only journal.
 
     Thread-safe; every public method that changes something returns only
-    after the change is on disk.
+    after the change is on disk.  Changes made at the same time by several
+    threads share one fsync (group commit): each appends its line under the
+    lock, then waits outside it until an fsync that began after its write
+    has ended, so one thread's fsync makes every line written before it
+    durable.
     """
 
     def __init__(
@@ -211,6 +215,11 @@ class AllocationJournal:
         self._excluded: dict[PoolBlock, list[tuple[int, int]]] = {}
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._appended = 0
+        self._written = 0
+        """Lines appended so far (a sequence number: the last line's)."""
+        self._synced = 0
+        """Every line up to this one is on disk."""
+        self._sync_lock = threading.Lock()
         self._recover()
         self._fd = self._open()
 
@@ -317,8 +326,9 @@ class AllocationJournal:
                         held[0].holder,
                     )
                 adopted.append(entry)
+            written = 0
             if adopted:
-                self._append({"op": "add", "entries": [asdict(e) for e in adopted]})
+                written = self._append({"op": "add", "entries": [asdict(e) for e in adopted]})
                 self._apply_add(adopted)
                 self._compact_if_long()
                 log.info(
@@ -327,7 +337,8 @@ class AllocationJournal:
                     block.name,
                     ", ".join(f"{e.address} ({e.namespace}/{e.pod})" for e in adopted),
                 )
-            return adopted
+        self._durable(written)
+        return adopted
 
     def restore(self, entries: Sequence[AllocationEntry]) -> list[AllocationEntry]:
         """Hold addresses an attachment record on disk shows but the journal lost.
@@ -336,15 +347,17 @@ class AllocationJournal:
         """
         with self._lock:
             missing = [e for e in entries if e.key not in self._by_key]
+            written = 0
             if missing:
-                self._append({"op": "add", "entries": [asdict(e) for e in missing]})
+                written = self._append({"op": "add", "entries": [asdict(e) for e in missing]})
                 self._apply_add(missing)
                 log.warning(
                     "IPAM journal had no entry of %d recorded address(es); held again: %s",
                     len(missing),
                     ", ".join(f"{e.address} ({e.holder})" for e in missing),
                 )
-            return missing
+        self._durable(written)
+        return missing
 
     def settle_forgotten(self, pool: str, listed: set[ForeignRow]) -> None:
         """Forget released adopted rows that the IPPool object no longer lists."""
@@ -422,7 +435,7 @@ class AllocationJournal:
                         namespace=namespace,
                     )
                 )
-            self._append({"op": "add", "entries": [asdict(e) for e in chosen]})
+            written = self._append({"op": "add", "entries": [asdict(e) for e in chosen]})
             self._apply_add(chosen)
             self._compact_if_long()
             log.debug(
@@ -432,7 +445,8 @@ class AllocationJournal:
                 if_name,
                 network,
             )
-            return chosen
+        self._durable(written)
+        return chosen
 
     def release(self, network: str, container_id: str, if_name: str) -> list[AllocationEntry]:
         """Free what the attachment holds; nothing to free is not an error."""
@@ -441,7 +455,7 @@ class AllocationJournal:
             if key not in self._by_key:
                 return []
             now = self._clock()
-            self._append(
+            written = self._append(
                 {
                     "op": "del",
                     "network": network,
@@ -459,7 +473,8 @@ class AllocationJournal:
                 if_name,
                 network,
             )
-            return released
+        self._durable(written)
+        return released
 
     def release_adopted(self, network: str, namespace: str, pod: str) -> list[AllocationEntry]:
         """Free the adopted allocations of one pod (its DEL, or it is known gone)."""
@@ -566,12 +581,43 @@ class AllocationJournal:
                 state.forgotten.add((entry.index, entry.address, entry.pod, entry.namespace))
         return entries
 
-    def _append(self, record: dict[str, Any]) -> None:
+    def _append(self, record: dict[str, Any]) -> int:
+        """Write one line (under ``_lock``); its sequence number for :meth:`_durable`.
+
+        Not yet on disk: the caller waits in :meth:`_durable` after releasing
+        the lock, before it returns.  Lines reach the file in the order the
+        changes reach memory, so an fsync that covers a line covers every
+        change another thread could have seen before it.
+        """
         # One write per line: with O_APPEND a crash leaves at worst a torn
         # last line, which recovery ignores (its change was never acknowledged).
         os.write(self._fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
-        os.fsync(self._fd)
         self._appended += 1
+        self._written += 1
+        return self._written
+
+    def _durable(self, written: int) -> None:
+        """Return once line ``written`` (and every line before it) is on disk.
+
+        Group commit: the first waiter fsyncs everything written so far; those
+        that queued behind it find their line covered and return at once.
+        """
+        if not written:
+            return
+        with self._sync_lock:
+            if self._synced >= written:
+                return
+            with self._lock:
+                target = self._written
+                # A duplicate: a compaction may replace (and close) the journal's
+                # descriptor meanwhile; it writes and fsyncs a snapshot holding
+                # these changes itself, so syncing the old file is still enough.
+                fd = os.dup(self._fd)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._synced = max(self._synced, target)
 
     def _compact_if_long(self) -> None:
         """Rewrite the journal once it holds far more lines than live attachments.

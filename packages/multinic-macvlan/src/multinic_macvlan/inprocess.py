@@ -13,7 +13,8 @@ ADD
     (``mac``, else ``MAC=`` in CNI_ARGS, else ``runtimeConfig.mac``) and
     txqueuelen 0, straight into the pod's namespace (``IFLA_NET_NS_FD``);
     there renamed to CNI_IFNAME (``failed to rename macvlan``: the name is
-    taken), ``arp_notify`` set, the static addresses added (IPv6 enabled on
+    taken; the rename also makes ``name_assign_type`` 4, as the plugin's
+    links have it), ``arp_notify`` set, the static addresses added (IPv6 enabled on
     ``lo`` and the interface first when an IPv6 address comes), the link set
     up, IPv6 DAD waited for when there is an IPv6 gateway, the routes added
     (gateway: the route's, else the first address gateway of its family).
@@ -323,13 +324,7 @@ class MacvlanInProcess(InProcessPlugin):
     def add(self, call: DelegateCall) -> dict[str, Any]:
         conf = load_conf(call.config, call.args)
         with Rtnl() as host:
-            master = host.link(conf.master)
-            if master is None:
-                raise DelegateError("Link not found")
-            if conf.mtu < 0 or conf.mtu > master.mtu:
-                raise DelegateError(
-                    f"invalid MTU {conf.mtu}, must be [0, master MTU({master.mtu})]"
-                )
+            master = _master_index(host, conf)
             try:
                 nsfd = _open_netns(call.netns)
             except OSError as e:
@@ -340,16 +335,14 @@ class MacvlanInProcess(InProcessPlugin):
                 mode = MACVLAN_MODES.get(conf.mode or "bridge")
                 if mode is None:
                     raise DelegateError(f'unknown macvlan mode: "{conf.mode}"')
+                mac = bytes.fromhex(conf.mac.replace(":", "").replace("-", ""))
+                # Under a random name, renamed in the pod, as the plugin does:
+                # created under its final name at once it would save a rename
+                # (~240 us of rtnl time) but differ in name_assign_type (3,
+                # user, instead of 4, renamed) -- not the same link any more.
                 temporary = f"veth{secrets.token_hex(4)}"
                 try:
-                    host.new_macvlan(
-                        temporary,
-                        master.index,
-                        mode,
-                        netns_fd=nsfd,
-                        mtu=conf.mtu,
-                        mac=bytes.fromhex(conf.mac.replace(":", "").replace("-", "")),
-                    )
+                    host.new_macvlan(temporary, master, mode, netns_fd=nsfd, mtu=conf.mtu, mac=mac)
                 except NetlinkError as e:
                     raise DelegateError(f"failed to create macvlan: {e}") from e
                 with netlink.in_netns(nsfd), Rtnl() as pod:
@@ -361,18 +354,23 @@ class MacvlanInProcess(InProcessPlugin):
     def _configure(
         self, pod: Rtnl, call: DelegateCall, conf: MacvlanConf, temporary: str
     ) -> dict[str, str]:
-        """In the pod's namespace: rename, then addresses, up, routes; the link gone on failure."""
-        created = pod.link(temporary)
-        if created is None:
+        """In the pod's namespace: rename ``temporary``, then addresses, up,
+        routes; the link gone on failure."""
+        index = _index_quietly(pod, temporary)
+        if index is None:
             raise DelegateError(f'failed to rename macvlan to "{call.ifname}": Link not found')
         try:
-            pod.set_name(created.index, call.ifname)
+            pod.set_name(index, call.ifname)
         except NetlinkError as e:
-            _delete_quietly(pod, created.index)
+            _delete_quietly(pod, index)
             raise DelegateError(f'failed to rename macvlan to "{call.ifname}": {e}') from e
-        # The plugin fetches the link again after the rename, for its MAC: the
-        # same link, the same MAC as the fetch before it, one round trip less.
-        link = created
+        # The plugin fetches the link again after the rename, for its MAC.
+        try:
+            address = pod.mac(call.ifname)
+        except OSError as e:
+            _delete_quietly(pod, index)
+            why = "Link not found" if e.errno == errno.ENODEV else netlink.go_strerror(e.errno or 0)
+            raise DelegateError(f'failed to refetch macvlan "{call.ifname}": {why}') from e
         try:
             if conf.layer3:
                 if not conf.addresses:
@@ -381,16 +379,16 @@ class MacvlanInProcess(InProcessPlugin):
                     _sysctl(f"net/ipv4/conf/{call.ifname}/arp_notify", "1")
                 except OSError as e:
                     log.debug("arp_notify on %s: %s", call.ifname, e)
-                configure_iface(pod, link.index, call.ifname, conf.addresses, conf.routes)
+                configure_iface(pod, index, call.ifname, conf.addresses, conf.routes)
             else:
                 try:
-                    pod.set_up(link.index)
+                    pod.set_up(index)
                 except NetlinkError as e:
                     raise DelegateError(f'failed to set "{call.ifname}" UP: {e}') from e
         except BaseException:
-            _delete_quietly(pod, created.index)
+            _delete_quietly(pod, index)
             raise
-        return {"name": call.ifname, "mac": link.address, "sandbox": call.netns}
+        return {"name": call.ifname, "mac": address, "sandbox": call.netns}
 
     # ------------------------------------------------------------ DEL
 
@@ -458,6 +456,37 @@ class MacvlanInProcess(InProcessPlugin):
                 check_routes(pod, routes)
         finally:
             os.close(nsfd)
+
+
+def _master_index(host: Rtnl, conf: MacvlanConf) -> int:
+    """The master's index, checked as the plugin checks it (``Link not found``, the MTU).
+
+    Without an MTU to compare, the index alone is asked for (an ioctl: no
+    netlink message built and parsed, no rtnl lock); with one, or for a name
+    the ioctl refuses, the plugin's own lookup.
+    """
+    if conf.mtu == 0:
+        try:
+            index = host.index(conf.master)
+        except OSError:
+            index = 0  # the lookup below says what the plugin says
+        if index is None:
+            raise DelegateError("Link not found")
+        if index:
+            return index
+    master = host.link(conf.master)
+    if master is None:
+        raise DelegateError("Link not found")
+    if conf.mtu < 0 or conf.mtu > master.mtu:
+        raise DelegateError(f"invalid MTU {conf.mtu}, must be [0, master MTU({master.mtu})]")
+    return master.index
+
+
+def _index_quietly(pod: Rtnl, name: str) -> int | None:
+    try:
+        return pod.index(name)
+    except OSError:
+        return None
 
 
 def _delete_quietly(pod: Rtnl, index: int) -> None:

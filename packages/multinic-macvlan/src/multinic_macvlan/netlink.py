@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import ipaddress
 import os
 import socket
@@ -60,6 +61,10 @@ IFF_UP = 0x1
 IFA_F_DADFAILED, IFA_F_TENTATIVE = 0x08, 0x40
 RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 3, 0, 1
 
+# Device ioctls (linux/sockios.h): any socket answers them for its namespace.
+SIOCGIFHWADDR, SIOCGIFINDEX = 0x8927, 0x8933
+IFNAMSIZ = 16
+
 # The kernel's macvlan modes (include/uapi/linux/if_link.h).
 MACVLAN_MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8}
 
@@ -70,6 +75,8 @@ _RTMSG = struct.Struct("=BBBBBBBBI")
 _ATTR = struct.Struct("=HH")
 _U32 = struct.Struct("=I")
 _ERROR = struct.Struct("=i")
+_IFREQ_INDEX = struct.Struct("=16si20x")
+_IFREQ_HWADDR = struct.Struct("=16sH6s16x")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -202,6 +209,25 @@ class Rtnl:
                     return replies
 
     # ------------------------------------------------------------ links
+
+    def index(self, name: str) -> int | None:
+        """The index of link ``name`` (``SIOCGIFINDEX``: no netlink dump, no rtnl lock).
+
+        None when there is no such link; OSError for a name the kernel refuses.
+        The same lookup as RTM_GETLINK by IFLA_IFNAME (alternative names too).
+        """
+        try:
+            reply = fcntl.ioctl(self.sock, SIOCGIFINDEX, _IFREQ_INDEX.pack(_ifr_name(name), 0))
+        except OSError as e:
+            if e.errno == errno.ENODEV:
+                return None
+            raise
+        return int(_IFREQ_INDEX.unpack(reply)[1])
+
+    def mac(self, name: str) -> str:
+        """The hardware address of link ``name`` (``SIOCGIFHWADDR``), as ``aa:bb:...``."""
+        reply = fcntl.ioctl(self.sock, SIOCGIFHWADDR, _IFREQ_HWADDR.pack(_ifr_name(name), 0, b""))
+        return _mac_text(_IFREQ_HWADDR.unpack(reply)[2])
 
     def link(self, name: str) -> Link | None:
         """The link called ``name``; None when there is none."""
@@ -352,6 +378,13 @@ class Rtnl:
             body.append(attr(RTA_GATEWAY, gateway))
         body.append(attr(RTA_OIF, u32(index)))
         self.request(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE, b"".join(body))
+
+
+def _ifr_name(name: str) -> bytes:
+    raw = name.encode()
+    if not raw or len(raw) >= IFNAMSIZ or b"\0" in raw:
+        raise OSError(errno.EINVAL, go_strerror(errno.EINVAL))
+    return raw
 
 
 def _parse_link(payload: bytes) -> Link:
