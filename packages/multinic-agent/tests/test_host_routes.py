@@ -105,6 +105,34 @@ def test_reconcile_is_a_diff_not_a_flush(host_netns: str, tmp_path: Path) -> Non
     assert table_lines(host_netns, sync.table) == sorted(str(r) for r in changed)
 
 
+def test_routes_someone_else_put_in_the_table_are_removed_and_other_tables_ignored(
+    host_netns: str, tmp_path: Path
+) -> None:
+    """The table is read back whole (IPv4, IPv6, a default route); other tables are not ours."""
+    tables = HostRouteTables(tmp_path, netns=host_netns)
+    table = tables.reconcile("demo", "192.168.0.0/16", WORKED_ROUTES_OF_A).table
+    ip(host_netns, "route", "add", "192.168.9.0/24", "via", "10.0.1.99", "table", str(table))
+    ip(host_netns, "route", "add", "default", "via", "10.0.2.1", "table", str(table))
+    ip(host_netns, "-6", "route", "add", "fd00:9::/64", "dev", "eth1", "table", str(table))
+    # The same destination as one of ours, in the main table: left alone.
+    ip(host_netns, "route", "add", "192.168.2.0/24", "via", "10.0.1.77")
+    seen = tables.current_routes(table)
+    assert seen["192.168.9.0/24"][0] == "10.0.1.99"
+    assert seen["0.0.0.0/0"][0] == "10.0.2.1"
+    assert seen["fd00:9::/64"][0] == ""
+    assert seen["192.168.2.0/24"][0] == "10.0.1.12"
+    sync = tables.reconcile("demo", "192.168.0.0/16", WORKED_ROUTES_OF_A)
+    assert sorted(sync.removed) == [
+        "0.0.0.0/0 via 10.0.2.1",
+        "192.168.9.0/24 via 10.0.1.99",
+        "fd00:9::/64 via ",
+    ]
+    assert sync.kept == 4 and not sync.added and not sync.replaced
+    assert table_lines(host_netns, table) == sorted(str(r) for r in WORKED_ROUTES_OF_A)
+    assert ip(host_netns, "-6", "route", "show", "table", str(table)).strip() == ""
+    assert "192.168.2.0/24 via 10.0.1.77" in ip(host_netns, "route", "show", "table", "main")
+
+
 def test_a_restarted_agent_finds_its_table_and_changes_nothing(
     host_netns: str, tmp_path: Path
 ) -> None:
