@@ -245,19 +245,23 @@ def test_host_interface_follows_the_nics(
         kube_api.api_client, node, netns=netns_path(host_netns), resync_interval=3600
     )
     with running(sync.run):
+        # The status is a subresource: a real server stores it with a second
+        # write, after the create.
         wait_for(
             lambda: (
                 spec_nics(objects.get("hostinterfaces", node))
                 == {"eth1": "10.0.1.0/24", "eth2": "10.0.2.0/24"}
+                and ((objects.get("hostinterfaces", node) or {}).get("status") or {}).get(
+                    "lastDiscoveryTime"
+                )
             ),
             10,
-            "HostInterface with eth1 and eth2",
+            "HostInterface with eth1 and eth2, and its discovery time",
         )
         hif = objects.get("hostinterfaces", node)
         assert hif is not None
         assert hif["spec"]["hostName"] == node
         assert {i["hostIP"] for i in hif["spec"]["interfaces"]} == {"10.0.1.11", "10.0.2.11"}
-        assert hif["status"]["lastDiscoveryTime"]
 
         ip("-n", host_netns, "addr", "del", "10.0.1.11/24", "dev", "eth1")
         wait_for(
