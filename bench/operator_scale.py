@@ -26,8 +26,9 @@ per reconcile, its writes per joining host (target <= NICs + 1); its peak RSS
 (target <= 400 MB, ``--rss-target``).  Then one more host joins the converged
 network: the time until the status counts it, the operator's requests and
 writes for it (target <= NICs + 2: its pools, the plan, the status; no LIST)
-and its planner time.  (What one join costs the other hosts' agents in route
-changes is counted by ``tests/test_host_join_leave.py``.)
+and its planner time, and where its reconcile's time went (plan, CIDR, pools).
+(What one join costs the other hosts' agents: ``bench/route_join.py`` at
+scale, ``tests/test_host_join_leave.py`` by traffic.)
 
 Baseline, measured in the same run against a fresh server of the same kind:
 a bare client creating the same objects the operator ended up writing (the

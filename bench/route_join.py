@@ -40,10 +40,13 @@ namespace and its links, the state dir) is removed on exit, also on error.
 Where the time goes (measured at 10,000 x 8 on 2 shared cores): the route
 changes are O(host) (8 added, nothing else touched), but the agent's work
 per join is O(network): the 12 MB plan is parsed and validated whole
-(~0.3 s), all 79,992 routes are rebuilt (~0.1 s), and ``reconcile`` dumps
-the whole table through pyroute2 (~14 s, about 175 us and 4-5 KB of peak
-RSS per route) before it adds the 8 new ones: ~16 s against ~17 ms for the
-8 adds alone.  The no-change resync every 60 s costs the same dump.
+(~0.8 s), all 79,992 routes are rebuilt (~0.1 s), and ``reconcile`` dumps
+the whole table (~0.4 s, one raw netlink dump; pyroute2's took ~14 s and
+4-5 KB of peak RSS per route) before it adds the 8 new ones: ~1.4 s
+against ~18 ms for the 8 adds alone (was ~16 s).  The no-change resync
+every 60 s costs about the same (~1.1 s, was 18.5 s).  The rest is the
+single CIDR object holding every host: each join sends all of it to every
+agent.
 """
 
 from __future__ import annotations
