@@ -127,7 +127,9 @@ def test_routes_someone_else_put_in_the_table_are_removed_and_other_tables_ignor
         "192.168.9.0/24 via 10.0.1.99",
         "fd00:9::/64 via ",
     ]
-    assert sync.kept == 4 and not sync.added and not sync.replaced
+    assert sync.kept == 4
+    assert not sync.added
+    assert not sync.replaced
     assert table_lines(host_netns, table) == sorted(str(r) for r in WORKED_ROUTES_OF_A)
     assert ip(host_netns, "-6", "route", "show", "table", str(table)).strip() == ""
     assert "192.168.2.0/24 via 10.0.1.77" in ip(host_netns, "route", "show", "table", "main")

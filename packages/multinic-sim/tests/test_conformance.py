@@ -55,6 +55,7 @@ def raw_request(
     path: str,
     body: bytes | None,
     content_type: str,
+    *,
     accept: str = "application/json",
 ) -> tuple[int, Any]:
     headers = _headers(api, accept)
@@ -1126,14 +1127,16 @@ def test_metadata_only_answers_for_get_list_patch_and_watch(
     assert (got["kind"], got["apiVersion"]) == ("PartialObjectMetadata", "meta.k8s.io/v1")
     assert got["metadata"]["name"] == "meta-only"
     assert got["metadata"]["resourceVersion"] == made["metadata"]["resourceVersion"]
-    assert "spec" not in got and "status" not in got
+    assert "spec" not in got
+    assert "status" not in got
     status, listed = raw_get(kube_api, path, accept=METADATA_LIST)
     assert status == 200
     assert (listed["kind"], listed["apiVersion"]) == ("PartialObjectMetadataList", "meta.k8s.io/v1")
     assert listed["metadata"]["resourceVersion"]
     mine = [i for i in listed["items"] if i["metadata"]["name"] == "meta-only"]
     assert len(mine) == 1
-    assert mine[0]["kind"] == "PartialObjectMetadata" and "spec" not in mine[0]
+    assert mine[0]["kind"] == "PartialObjectMetadata"
+    assert "spec" not in mine[0]
 
     def change() -> None:
         code, answer = raw_request(
@@ -1145,7 +1148,8 @@ def test_metadata_only_answers_for_get_list_patch_and_watch(
             accept=METADATA,
         )
         assert code == 200
-        assert answer["kind"] == "PartialObjectMetadata" and "spec" not in answer
+        assert answer["kind"] == "PartialObjectMetadata"
+        assert "spec" not in answer
         assert answer["metadata"]["generation"] == 2
 
     events = watch_lines(
