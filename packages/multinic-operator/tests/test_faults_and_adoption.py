@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from multinic_sim.faults import FaultRule
@@ -388,3 +389,43 @@ def test_host_device_nads_follow_the_nic_cluster_policy(cluster: Any, operator_r
             "a missing NicClusterPolicy is reported",
         )
         assert "NicClusterPolicy" in cluster.status("hd")["message"]
+
+
+def test_a_plan_too_large_for_the_api_server_is_a_clear_failure(
+    cluster: Any, operator_runner: Any
+) -> None:
+    """kube-apiserver + etcd refuse a CIDR over 1.5 MiB (measured: 1,500 hosts x 8 NICs,
+    "HTTP 500: etcdserver: request is too large"): no retry can store it, so the status says
+    why and what to do, instead of the operator retrying it for ever."""
+    faults = cluster.kube_api.faults
+    for host in ("node1", "node2"):
+        cluster.add_host(host)
+    with operator_runner() as op:
+        cluster.create(network_body())
+        cluster.wait(lambda: len(cluster.pools()) == 4, "converged")
+        too_large = faults.add(
+            FaultRule(
+                status=500,
+                verb="patch",
+                resource="cidrs",
+                count=None,
+                message="etcdserver: request is too large",
+            )
+        )
+        failures_before = op.services.batcher.failures
+        cluster.add_host("node3")
+        cluster.wait(lambda: cluster.status().get("configStatus") == "Failed", "the network failed")
+        condition = cluster.status()["conditions"][0]
+        assert condition["reason"] == "PlanTooLarge"
+        assert "the plan of 3 host(s)" in condition["message"]
+        assert "etcdserver: request is too large" in condition["message"]
+        assert "--max-request-bytes" in condition["message"]
+        hits = too_large.hits
+        time.sleep(1.5)  # not retried: nothing changed
+        assert too_large.hits == hits
+        assert op.services.batcher.failures == failures_before
+        # The cluster takes the plan again (limits raised): the next change converges.
+        faults.remove(too_large.id)
+        cluster.add_host("node4")
+        cluster.wait(lambda: cluster.status().get("configStatus") == "Success", "recovered")
+        cluster.wait(lambda: len(cluster.pools()) == 8, "node3's and node4's pools")

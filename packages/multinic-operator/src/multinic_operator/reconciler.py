@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from multinic_core.errors import ConfigError, MultinicError, PlanError, PluginError
 from multinic_core.events import EventRecorder, network_ref
@@ -311,6 +311,9 @@ class NetworkReconciler:
             outcome = self._apply(body, network, driver, snapshot)
         except (ConfigError, PlanError, PluginError) as e:
             return self._fail(body, result, str(e), "InvalidConfig")
+        except PlanTooLarge as e:
+            # Retrying cannot help: the user has to act (or hosts leave).
+            return self._fail(body, result, str(e), "PlanTooLarge")
         except KubeApiError as e:
             if e.transient:
                 raise
@@ -494,11 +497,18 @@ class NetworkReconciler:
         # Encoded straight from the models (no dicts of the whole plan on the way).
         spec = plan.spec.model_dump_json(exclude_none=True).encode()
         digest = _digest(spec)
+        size = len(spec)
         written = self._cidr_written.get(name)
         if existing is None:
             body = desired.to_dict()
             body.pop("status", None)
-            stored = self._cidr_stored(self.api.create(body, metadata_only=True))
+            try:
+                stored = self._cidr_stored(self.api.create(body, metadata_only=True))
+            except KubeApiError as e:
+                too_large = PlanTooLarge.of(e, name, plan, size)
+                if too_large is None:
+                    raise
+                raise too_large from e
             del body
             problems: list[str] | None = []  # a new object has no status
             log.info("network %s: created CIDR plan", name)
@@ -521,9 +531,15 @@ class NetworkReconciler:
                 patch = b"".join((b'{"metadata":', guard, b',"spec":', spec, b"}"))
             del desired, spec  # one copy of the plan's JSON at a time
             if patch is not None:
-                stored = self._cidr_stored(
-                    self.api.patch(API_VERSION, "CIDR", name, patch, metadata_only=True)
-                )
+                try:
+                    stored = self._cidr_stored(
+                        self.api.patch(API_VERSION, "CIDR", name, patch, metadata_only=True)
+                    )
+                except KubeApiError as e:
+                    too_large = PlanTooLarge.of(e, name, plan, size)
+                    if too_large is None:
+                        raise
+                    raise too_large from e
                 del patch
                 log.info("network %s: updated CIDR plan", name)
         if problems != status["problems"]:
@@ -854,6 +870,28 @@ class NetworkReconciler:
                 pending.append(pool.submit(action, item))
             while pending:
                 pending.popleft().result()
+
+
+class PlanTooLarge(MultinicError):
+    """The API server refused the CIDR for its size: no retry can store it."""
+
+    SIGNS = ("request is too large", "larger than max", "Request entity too large")
+    """How kube-apiserver (and etcd behind it) say so: 500 from etcd's request
+    limit or from kube-apiserver's 2 MiB to etcd, 413 over its 3 MiB body limit."""
+
+    @classmethod
+    def of(cls, error: KubeApiError, name: str, plan: PlanResult, size: int) -> Self | None:
+        """``error`` as a PlanTooLarge when it is one (else None)."""
+        if error.status not in (413, 500) or not any(s in error.detail for s in cls.SIGNS):
+            return None
+        hosts = len({h.host_name for e in plan.spec.cidr for h in e.hosts})
+        return cls(
+            f"CIDR {name}: the plan of {hosts} host(s) is {size / 1048576:.1f} MiB, more than "
+            f"this cluster stores in one object ({error.detail}). etcd takes 1.5 MiB per "
+            "request by default (--max-request-bytes) and kube-apiserver sends it at most "
+            "2 MiB: about 1,300 hosts with 8 NICs each. The plan holds every host in one CIDR "
+            "object; with more hosts, raise etcd's limit (up to 2 MiB) or use several networks."
+        )
 
 
 class HeapSettler:
