@@ -899,6 +899,80 @@ def test_dry_run_create_stores_nothing(widgets: WidgetClient) -> None:
     assert not widgets.exists("dry")
 
 
+# -- object size limits (etcd's 1.5 MiB request limit, the 3 MiB body limit) ---
+
+MB = 1_000_000
+
+
+def test_an_object_of_1_2_mb_is_stored_and_read_back_whole(widgets: WidgetClient) -> None:
+    note = "n" * (12 * MB // 10)
+    widgets.create(widgets.body("big", 1, note=note))
+    assert widgets.get("big")["spec"]["note"] == note
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        (18 * MB // 10, "etcdserver: request is too large"),
+        # Over 2 MiB the API server's etcd client refuses to send the request at all.
+        (24 * MB // 10, "trying to send message larger than max"),
+    ],
+)
+def test_an_object_too_large_for_etcd_is_not_created(
+    widgets: WidgetClient, size: int, message: str
+) -> None:
+    status = status_of(lambda: widgets.create(widgets.body("huge", 1, note="n" * size)))
+    assert status["code"] == 500
+    assert message in status["message"]
+    assert not widgets.exists("huge")
+
+
+def test_writes_making_an_object_too_large_leave_it_unchanged(widgets: WidgetClient) -> None:
+    stored = widgets.create(widgets.body("grow", 1, note="small"))
+    note = "n" * (18 * MB // 10)
+    grown = {**stored, "spec": {**stored["spec"], "note": note}}
+    writes = {
+        "merge patch": lambda: widgets.patch("grow", {"spec": {"note": note}}),
+        "json patch": lambda: widgets.co.patch_cluster_custom_object(
+            GROUP,
+            VERSION,
+            PLURAL,
+            "grow",
+            [{"op": "replace", "path": "/spec/note", "value": note}],
+            _content_type="application/json-patch+json",
+        ),
+        "update": lambda: widgets.replace("grow", grown),
+        "status patch": lambda: widgets.patch_status("grow", {"status": {"phase": note}}),
+    }
+    for write, call in writes.items():
+        status = status_of(call)
+        assert status["code"] == 500, write
+        assert "etcdserver: request is too large" in status["message"], write
+        assert widgets.get("grow") == stored, write
+    # Nothing was stored, so nothing was announced either.
+    stream = watch.Watch().stream(
+        widgets.co.list_cluster_custom_object,
+        GROUP,
+        VERSION,
+        PLURAL,
+        resource_version=stored["metadata"]["resourceVersion"],
+        timeout_seconds=1,
+    )
+    assert [e["type"] for e in stream if e["object"]["metadata"]["name"] == "grow"] == []
+
+
+def test_a_request_body_over_3_mib_is_request_entity_too_large(
+    kube_api: KubeTestApi, widgets: WidgetClient
+) -> None:
+    body = json.dumps(widgets.body("oversize", 1, note="n" * (3 * 1024 * 1024))).encode()
+    status, answer = raw_request(
+        kube_api, "POST", f"/apis/{GROUP}/{VERSION}/{PLURAL}", body, "application/json"
+    )
+    assert (status, answer["reason"]) == (413, "RequestEntityTooLarge")
+    assert answer["message"] == "Request entity too large: limit is 3145728"
+    assert not widgets.exists("oversize")
+
+
 # -- list --------------------------------------------------------------------
 
 

@@ -33,8 +33,16 @@ from multinic_sim.patching import (
 from multinic_sim.resources import ResourceRegistry, ResourceType
 from multinic_sim.schema import CustomResourceSchema, SchemaProblem
 from multinic_sim.selectors import FieldSelector, LabelSelector
-from multinic_sim.store import GroupResource, Obj, ObjectStore, StoredEvent
-from multinic_sim.watch import WatchHub
+from multinic_sim.store import (
+    GroupResource,
+    Obj,
+    ObjectStore,
+    StoredEvent,
+    check_storable,
+    etcd_key,
+    stored_size,
+)
+from multinic_sim.watch import WatchHub, dumps
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +235,9 @@ class ClusterState:
         self.watches = WatchHub(self.store)
         self.store.listeners.append(self._on_event)
         self._wake: asyncio.Event | None = None
+        # The last object written and its JSON: the size check encodes it, the
+        # answer to the write reuses the bytes.
+        self._last_encoded: tuple[Obj, bytes] | None = None
         self.bootstrap()
 
     # -- lifecycle ----------------------------------------------------------
@@ -420,11 +431,38 @@ class ClusterState:
             self._check_crd_accepting(rt, meta["name"])
         if dry_run:
             return self.view(rt, obj)
-        meta["resourceVersion"] = str(self.store.next_revision())
-        self.store.put(rt.group_resource, obj, None)
+        self._put_if_storable(rt, obj, None)
         if rt.group_resource == CRD_GR:
             self._register_crd(obj)
         return self.view(rt, obj)
+
+    def _put_if_storable(self, rt: ResourceType, obj: Obj, old: Obj | None) -> None:
+        """Stamp *obj* with the next resourceVersion and store it, unless etcd would refuse it.
+
+        *obj*'s metadata must be its own dict (it gets the resourceVersion).
+        """
+        meta = obj["metadata"]
+        # The revision is taken only once the write is sure to succeed.
+        meta["resourceVersion"] = str(self.store.revision + 1)
+        encoded = dumps(obj)
+        check_storable(
+            etcd_key(
+                rt.group_resource,
+                meta.get("namespace") or "",
+                meta["name"],
+                custom=rt.is_custom,
+            ),
+            stored_size(encoded, obj),
+            int(old["metadata"]["resourceVersion"]) if old is not None else 0,
+        )
+        self.store.next_revision()
+        self.store.put(rt.group_resource, obj, old)
+        self._last_encoded = (obj, encoded)
+
+    def encoded(self, obj: Obj) -> bytes | None:
+        """The JSON of *obj* if it is the object just written (stored objects never change)."""
+        last = self._last_encoded
+        return last[1] if last is not None and last[0] is obj else None
 
     def _generate_name(self, rt: ResourceType, meta: dict[str, Any]) -> str:
         ns = self._key_ns(rt, meta.get("namespace"))
@@ -635,8 +673,7 @@ class ClusterState:
             meta["generation"] = int(old_meta["generation"]) + 1
         if dry_run:
             return self.view(rt, new)
-        meta["resourceVersion"] = str(self.store.next_revision())
-        self.store.put(rt.group_resource, new, old)
+        self._put_if_storable(rt, new, old)
         if rt.group_resource == CRD_GR:
             self._register_crd(new)
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):

@@ -44,6 +44,12 @@ class ApiError(SimError):
             "reason": self.reason,
             "code": self.code,
         }
+        if not self.reason:
+            # How kube-apiserver renders an error that is not an API status (an etcd
+            # error, say): no reason (StatusReasonUnknown is "") and no details.
+            del body["reason"]
+            if self.details is None:
+                return body
         body["details"] = self.details if self.details is not None else {}
         return body
 
@@ -156,6 +162,16 @@ def internal(message: str) -> ApiError:
 
 def not_acceptable(message: str) -> ApiError:
     return ApiError(406, "NotAcceptable", message)
+
+
+def request_entity_too_large(limit: int) -> ApiError:
+    """kube-apiserver's answer to a request body over *limit* bytes."""
+    return ApiError(413, "RequestEntityTooLarge", f"Request entity too large: limit is {limit}")
+
+
+def storage_failure(message: str) -> ApiError:
+    """An error from etcd that kube-apiserver passes on unconverted: 500, no reason."""
+    return ApiError(500, "", message)
 
 
 def from_code(code: int, message: str, retry_after: int | None = None) -> ApiError:

@@ -57,6 +57,8 @@ JSON = "application/json"
 PROTOBUF = "application/vnd.kubernetes.protobuf"
 PROTOBUF_OPENAPI = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
 DEFAULT_WATCH_TIMEOUT = 1800.0
+# kube-apiserver's --max-request-body-bytes default (3 MiB): larger bodies get 413.
+MAX_REQUEST_BODY_BYTES = 3 * 1024 * 1024
 
 
 @dataclass
@@ -605,7 +607,7 @@ class ApiServer:
                         "application/strategic-merge-patch+json",
                     ],
                 )
-            raw = await request.read()
+            raw = await _read_raw(request)
             try:
                 patch = json.loads(raw or b"null")
             except ValueError as e:
@@ -671,6 +673,9 @@ class ApiServer:
             )
         if _wants_metadata(request):
             return _json_response(partial_metadata(obj), status, headers)
+        encoded = self.cluster.encoded(obj)
+        if encoded is not None:
+            return web.Response(body=encoded, status=status, content_type=JSON, headers=headers)
         return _json_response(obj, status, headers)
 
     # -- watch --------------------------------------------------------------
@@ -974,10 +979,20 @@ def _int_param(query: Any, name: str) -> int | None:
         raise errors.bad_request(f"{name}: invalid integer {value!r}") from e
 
 
+async def _read_raw(request: web.Request) -> bytes:
+    """The request body; over kube-apiserver's limit, 413 (before reading it when it says so)."""
+    if (request.content_length or 0) > MAX_REQUEST_BODY_BYTES:
+        raise errors.request_entity_too_large(MAX_REQUEST_BODY_BYTES)
+    raw = await request.read()
+    if len(raw) > MAX_REQUEST_BODY_BYTES:
+        raise errors.request_entity_too_large(MAX_REQUEST_BODY_BYTES)
+    return raw
+
+
 async def _read_body(
     request: web.Request, *, optional: bool = False, subresource: str | None = None
 ) -> Any:
-    raw = await request.read()
+    raw = await _read_raw(request)
     if not raw.strip():
         if optional:
             return None

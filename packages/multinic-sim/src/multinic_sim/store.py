@@ -8,12 +8,14 @@ All methods run on the API server's event loop thread.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from multinic_sim import errors
 from multinic_sim.errors import expired
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,101 @@ def with_resource_version(obj: Obj, rv: int) -> Obj:
     out = dict(obj)
     out["metadata"] = {**obj["metadata"], "resourceVersion": str(rv)}
     return out
+
+
+# -- what etcd refuses to store (etcd and kube-apiserver with default flags) ---
+
+ETCD_MAX_REQUEST_BYTES = 1572864  # etcd --max-request-bytes (1.5 MiB)
+ETCD_CLIENT_MAX_SEND_BYTES = 2 * 1024 * 1024  # kube-apiserver's etcd client: MaxCallSendMsgSize
+# etcd checks the raft request wrapping the Txn: header field 100 (tag 2 bytes, length 1)
+# holding a request ID (tag 1, varint of up to 10 bytes), then the Txn's own tag.
+_RAFT_HEADER_BYTES = 2 + 1 + 1 + 10
+# Built-in resources whose etcd key prefix is not their plural.
+_KEY_PREFIXES = {("", "nodes"): "minions", ("", "services"): "services/specs"}
+_GO_HTML_ESCAPES = (b"<", b">", b"&")  # Go's encoding/json writes these as \u003c etc.
+_LINE_SEPARATORS = ("\u2028".encode(), "\u2029".encode())  # and these as \u2028, \u2029
+
+
+_GROUP_KEYED = frozenset({"apiextensions.k8s.io", "apiregistration.k8s.io"})
+
+
+def etcd_key(gr: GroupResource, namespace: str, name: str, *, custom: bool) -> str:
+    """The etcd key kube-apiserver stores an object under (``/registry/...``).
+
+    Custom resources (and CRDs themselves) are keyed by group and plural, other
+    built-in resources by their plural only.
+    """
+    group, plural = gr
+    if custom or group in _GROUP_KEYED:
+        prefix = f"{group}/{plural}"
+    else:
+        prefix = _KEY_PREFIXES.get(gr, plural)
+    return f"/registry/{prefix}/{namespace}/{name}" if namespace else f"/registry/{prefix}/{name}"
+
+
+def stored_size(encoded: bytes, obj: Obj) -> int:
+    """Bytes of *obj* as kube-apiserver stores a custom resource in etcd.
+
+    That is Go's JSON of the object without its resourceVersion, plus a newline.
+    *encoded* is ``json.dumps(obj)`` (compact, ASCII) with the resourceVersion.
+    ASCII escapes of other characters only overstate the size, so the exact
+    UTF-8 size is worked out only when that matters.
+    """
+    rv = obj["metadata"].get("resourceVersion")
+    # '"resourceVersion":"<rv>",' leaves, the newline comes.
+    fixed = 1 - (len(rv) + len('"resourceVersion":"",') if rv else 0)
+    size = len(encoded) + fixed + 5 * sum(encoded.count(c) for c in _GO_HTML_ESCAPES)
+    if size > ETCD_MAX_REQUEST_BYTES // 2 and b"\\u" in encoded:
+        utf8 = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode(
+            errors="surrogatepass"
+        )
+        size = (
+            len(utf8)
+            + fixed
+            + 5 * sum(utf8.count(c) for c in _GO_HTML_ESCAPES)
+            + 3 * sum(utf8.count(c) for c in _LINE_SEPARATORS)
+        )
+    return size
+
+
+def _varint_len(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def _field_len(payload: int) -> int:
+    """A length-delimited protobuf field (one-byte tag) carrying *payload* bytes."""
+    return 1 + _varint_len(payload) + payload
+
+
+def etcd_txn_size(key_len: int, value_len: int, mod_revision: int) -> int:
+    """Bytes of the Txn kube-apiserver sends etcd to write a value.
+
+    A create is ``If(mod_revision(key) == 0) Then(Put(key, value))``; an update
+    ``If(mod_revision(key) == rv) Then(Put(key, value)) Else(Get(key))``.
+    """
+    key = _field_len(key_len)
+    compare = 2 + key + 1 + _varint_len(mod_revision)  # target MOD, key, mod_revision
+    put = key + _field_len(value_len)
+    size = _field_len(compare) + _field_len(_field_len(put))
+    if mod_revision:
+        size += _field_len(_field_len(key))
+    return size
+
+
+def check_storable(key: str, size: int, mod_revision: int) -> None:
+    """Refuse, as kube-apiserver does, to write *size* bytes under *key* in etcd.
+
+    Over 2 MiB the API server's etcd client refuses to send the request; over
+    1.5 MiB etcd refuses it. Both answer 500 with the etcd error as the message.
+    """
+    txn = etcd_txn_size(len(key.encode()), size, mod_revision)
+    if txn > ETCD_CLIENT_MAX_SEND_BYTES:
+        raise errors.storage_failure(
+            "rpc error: code = ResourceExhausted desc = trying to send message larger than "
+            f"max ({txn} vs. {ETCD_CLIENT_MAX_SEND_BYTES})"
+        )
+    if _RAFT_HEADER_BYTES + _field_len(txn) > ETCD_MAX_REQUEST_BYTES:
+        raise errors.storage_failure("etcdserver: request is too large")
 
 
 class ObjectStore:
