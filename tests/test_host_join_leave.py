@@ -13,6 +13,11 @@ Then ``multinic-sim host remove``: its pod is drained, the other hosts'
 routes lose exactly its blocks (nothing added), its IPPools, HostInterface
 and namespace are gone, and the remaining hosts are still all connected.
 
+The operator keeps the plan in CIDR shards of one host each
+(``MULTINIC_CIDR_SHARD_ENTRIES=2``, as a 10,000-host network would be in
+shards of 512): a join writes its own shard, and every agent's routes come
+from the shards merged.
+
 The API server is the double unless ``MULTINIC_TEST_SIM_APISERVER=real``
 (scripts/test-real-cluster runs it so, with ``MULTINIC_TEST_SIM_MULTUS=real``).
 """
@@ -33,6 +38,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
+from multinic_sim.concheck import plan_objects
 from multinic_sim.demo import network_body
 from multinic_sim.fabric import leftovers, run_ip
 from multinic_sim.processes import processes_of
@@ -52,9 +58,18 @@ NICS = 2
 ROUTE = re.compile(r"^(?P<deleted>Deleted )?(?P<dest>[0-9a-f.:]+/\d+) via (?P<via>[0-9a-f.:]+) ")
 
 
+SHARD_ENTRIES = "2"
+"""Host blocks per CIDR object: 2 NICs, so one host per shard."""
+
+
 def sim(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
-        [SIM, *args], capture_output=True, text=True, check=False, timeout=timeout
+        [SIM, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+        env={**os.environ, "MULTINIC_CIDR_SHARD_ENTRIES": SHARD_ENTRIES},
     )
     assert done.returncode == 0, f"multinic-sim {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
     return done
@@ -90,17 +105,16 @@ def custom(state_dir: Path) -> Any:
 def blocks_of(state_dir: Path) -> dict[str, set[tuple[str, str]]]:
     """Per host: the (podCIDR, hostIP) of each of its NICs in the network's CIDR plan."""
     try:
-        cidr = custom(state_dir).get_cluster_custom_object(
-            "multinic.fms.io", "v1", "cidrs", NETWORK
-        )
+        plans = plan_objects(custom(state_dir), NETWORK)
     except client.ApiException as e:
         if e.status == 404:  # not planned yet
             return {}
         raise
     blocks: dict[str, set[tuple[str, str]]] = {}
-    for entry in cidr["spec"]["cidr"] or []:
-        for host in entry["hosts"] or []:
-            blocks.setdefault(host["hostName"], set()).add((host["podCIDR"], host["hostIP"]))
+    for cidr in plans:
+        for entry in cidr["spec"]["cidr"] or []:
+            for host in entry["hosts"] or []:
+                blocks.setdefault(host["hostName"], set()).add((host["podCIDR"], host["hostIP"]))
     return blocks
 
 
@@ -176,6 +190,8 @@ def test_a_host_joins_and_leaves_by_route_diffs_and_traffic(cluster: tuple[Path,
             str(state_dir))  # fmt: skip
     netns = {f"host-{h}": f"{prefix}-host-{h}" for h in range(4)}
     blocks = blocks_of(state_dir)
+    # One host per shard: the CIDR and two shards (hosts' indexes agree on both NICs).
+    assert len(plan_objects(custom(state_dir), NETWORK)) == 3
     for name in old_hosts:
         peers = set().union(*(blocks[p] for p in old_hosts if p != name))
         wait_until(lambda n=name, b=peers: b <= routes(netns[n]), f"{name}'s routes to its peers")

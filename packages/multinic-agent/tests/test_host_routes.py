@@ -105,6 +105,30 @@ def test_reconcile_is_a_diff_not_a_flush(host_netns: str, tmp_path: Path) -> Non
     assert table_lines(host_netns, sync.table) == sorted(str(r) for r in changed)
 
 
+def test_a_plan_change_diffs_against_the_last_pass_and_a_verifying_pass_repairs(
+    host_netns: str, tmp_path: Path
+) -> None:
+    """Without ``verify`` the table is not read back (a join at 10,000 hosts adds its
+    routes, not a dump of 80,000): a route removed by hand meanwhile is put back by
+    the next verifying pass (the agent's periodic resync), not by a plan change."""
+    tables = HostRouteTables(tmp_path, netns=host_netns)
+    table = tables.reconcile("demo", "192.168.0.0/16", WORKED_ROUTES_OF_A).table
+    ip(host_netns, "route", "del", "192.168.3.0/24", "table", str(table))
+    joined = [*WORKED_ROUTES_OF_A, HostRoute("192.168.4.0/24", "10.0.1.14", "eth1")]
+    sync = tables.reconcile("demo", "192.168.0.0/16", joined, verify=False)
+    assert sync.added == ("192.168.4.0/24 via 10.0.1.14 dev eth1",)
+    assert sync.kept == 4
+    assert "192.168.3.0/24" not in tables.current_routes(table)
+    repaired = tables.reconcile("demo", "192.168.0.0/16", joined)
+    assert repaired.added == ("192.168.3.0/24 via 10.0.1.13 dev eth1",)
+    assert table_lines(host_netns, table) == sorted(str(r) for r in joined)
+    # A table this process has not reconciled yet is read all the same.
+    fresh = HostRouteTables(tmp_path, netns=host_netns)
+    again = fresh.reconcile("demo", "192.168.0.0/16", WORKED_ROUTES_OF_A, verify=False)
+    assert again.removed == ("192.168.4.0/24 via 10.0.1.14",)
+    assert table_lines(host_netns, table) == sorted(str(r) for r in WORKED_ROUTES_OF_A)
+
+
 def test_routes_someone_else_put_in_the_table_are_removed_and_other_tables_ignored(
     host_netns: str, tmp_path: Path
 ) -> None:

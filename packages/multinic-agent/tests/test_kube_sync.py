@@ -34,7 +34,8 @@ from multinic_agent.pod_netns import in_netns
 from multinic_agent.pool_mirror import IPPoolMirror, LeakCollector
 from multinic_agent.records import AttachmentRecord, RecordStore
 from multinic_agent.route_sync import CidrRouteReconciler
-from multinic_core.models import InterfaceInfo
+from multinic_core.models import CIDRSpec, InterfaceInfo
+from multinic_core.shards import shard_labels, shard_name, split_plan
 from multinic_ipam.journal import AllocationJournal, PoolBlock
 from multinic_sim.testing import KubeTestApi, wait_for
 
@@ -231,6 +232,28 @@ def cidr_body(
     }
 
 
+def shard_bodies(
+    network: str, hosts: list[tuple[int, str, str, str]], budget: int, at_least: int = 1
+) -> list[dict[str, Any]]:
+    """``cidr_body``'s plan split as the operator stores it: the CIDR, then its shards.
+
+    hosts are (hostIndex, name, hostIP, podCIDR); ``budget`` host blocks per shard.
+    """
+    whole = cidr_body(network, [(name, host_ip, pod) for _, name, host_ip, pod in hosts])
+    for host, (index, *_) in zip(whole["spec"]["cidr"][0]["hosts"], hosts, strict=True):
+        host["hostIndex"] = index
+    shards = split_plan(CIDRSpec.model_validate(whole["spec"]), budget, at_least)
+    return [
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "CIDR",
+            "metadata": {"name": shard_name(network, k), "labels": shard_labels(network, k)},
+            "spec": shard.to_dict(),
+        }
+        for k, shard in enumerate(shards)
+    ]
+
+
 # --------------------------------------------------------------------------- HostInterface
 
 
@@ -359,14 +382,20 @@ def route_status(objects: ClusterObjects, node: str) -> dict[str, dict[str, Any]
     return {r["network"]: r for r in (hif.get("status") or {}).get("routes") or []}
 
 
+def synced_node(kube_api: KubeTestApi, objects: ClusterObjects, host_netns: str) -> str:
+    """A new node whose HostInterface the agent wrote from ``host_netns``'s NICs."""
+    node = unique("node")
+    objects.track("hostinterfaces", node)
+    HostInterfaceSync(kube_api.api_client, node, netns=netns_path(host_netns)).sync_once()
+    return node
+
+
 @pytest.mark.root
 def test_routes_follow_the_cidr_plan(
     kube_api: KubeTestApi, objects: ClusterObjects, host_netns: str, tmp_path: Path
 ) -> None:
-    node = unique("node")
+    node = synced_node(kube_api, objects, host_netns)
     network = unique("l3net")
-    objects.track("hostinterfaces", node)
-    HostInterfaceSync(kube_api.api_client, node, netns=netns_path(host_netns)).sync_once()
     plan = [
         (node, "10.0.1.11", "192.168.0.0/24"),
         ("host-b", "10.0.1.12", "192.168.2.0/24"),
@@ -430,6 +459,130 @@ def test_routes_follow_the_cidr_plan(
         wait_for(lambda: rules_of(host_netns, table) == [], 10, "the rule removed")
         wait_for(lambda: network not in route_status(objects, node), 10, "status entry removed")
         assert network not in reconciler.tables.registry.tables
+
+
+@pytest.mark.root
+def test_routes_follow_a_plan_split_into_cidr_shards(
+    kube_api: KubeTestApi, objects: ClusterObjects, host_netns: str, tmp_path: Path
+) -> None:
+    node = synced_node(kube_api, objects, host_netns)
+    network = unique("l3net")
+    # Two hosts per shard (a budget of 2 host blocks, one interface entry): this
+    # node in the CIDR itself, host-b and host-c in shard 1, host-d in shard 2.
+    plan = [
+        (0, node, "10.0.1.11", "192.168.0.0/24"),
+        (2, "host-b", "10.0.1.12", "192.168.2.0/24"),
+        (3, "host-c", "10.0.1.13", "192.168.3.0/24"),
+        (4, "host-d", "10.0.1.14", "192.168.4.0/24"),
+    ]
+    bodies = shard_bodies(network, plan, budget=2)
+    names = [b["metadata"]["name"] for b in bodies]
+    assert names == [network, f"{network}.shard-1", f"{network}.shard-2"]
+    assert [[h["hostName"] for h in b["spec"]["cidr"][0]["hosts"]] for b in bodies] == [
+        [node],
+        ["host-b", "host-c"],
+        ["host-d"],
+    ]
+    for body in bodies:
+        objects.track("cidrs", body["metadata"]["name"])
+        objects.create("cidrs", body)
+
+    def generations() -> int:
+        found = [objects.get("cidrs", name) for name in names]
+        return sum(int(o["metadata"]["generation"]) for o in found if o is not None)
+
+    def status() -> dict[str, Any]:
+        return route_status(objects, node).get(network, {})
+
+    reconciler = CidrRouteReconciler(
+        kube_api.api_client, node, tmp_path, netns=netns_path(host_netns), resync_interval=3600
+    )
+    with running(reconciler.run):
+        wait_for(
+            lambda: network in reconciler.tables.registry.tables, 10, "a table for the network"
+        )
+        # Only the network gets a table: its shards are not networks of their own.
+        assert list(reconciler.tables.registry.tables) == [network]
+        table = reconciler.tables.registry.tables[network]
+        everyone = {
+            "192.168.2.0/24": ("10.0.1.12", "eth1"),
+            "192.168.3.0/24": ("10.0.1.13", "eth1"),
+            "192.168.4.0/24": ("10.0.1.14", "eth1"),
+        }
+        wait_for(
+            lambda: table_routes(host_netns, table) == everyone,
+            10,
+            "routes to the hosts of every shard",
+        )
+        assert rules_of(host_netns, table) == ["192.168.0.0/16"]
+        wait_for(lambda: status().get("status") == "Success", 10, "status.routes Success")
+        assert generations() == 3
+        assert status()["cidrGeneration"] == 3
+        assert set(route_status(objects, node)) == {network}
+
+        # host-c leaves: only shard 1 is rewritten; only host-c's route goes.
+        left = shard_bodies(network, [p for p in plan if p[1] != "host-c"], budget=2)
+        objects.patch("cidrs", names[1], {"spec": {"cidr": left[1]["spec"]["cidr"]}})
+        without_c = {k: v for k, v in everyone.items() if k != "192.168.3.0/24"}
+        wait_for(lambda: table_routes(host_netns, table) == without_c, 10, "host-c's route removed")
+        assert generations() == 4
+        wait_for(
+            lambda: status().get("cidrGeneration") == 4,
+            10,
+            "status.routes with the sum of the shards' generations",
+        )
+        assert status()["status"] == "Success"
+
+        # Shard 2 is rewritten for another config (and host-d moved) before the
+        # CIDR itself: the shards disagree, the routes stay as they were.
+        moved = shard_bodies(
+            network, [*plan[:2], (4, "host-d", "10.0.1.99", "192.168.4.0/24")], budget=2
+        )
+        objects.patch(
+            "cidrs",
+            names[2],
+            {"spec": {"config": {"hostBlock": 7}, "cidr": moved[2]["spec"]["cidr"]}},
+        )
+        wait_for(
+            lambda: status().get("status") == "WaitForRoutes", 10, "WaitForRoutes on the mismatch"
+        )
+        assert "CIDR shard 2 has another config" in status()["message"]
+        assert status()["cidrGeneration"] == generations() == 5
+        assert table_routes(host_netns, table) == without_c
+        assert rules_of(host_netns, table) == ["192.168.0.0/16"]
+
+        # The shards agree again: the plan is followed, host-d via its new address.
+        objects.patch("cidrs", names[2], {"spec": {"config": {"hostBlock": 6}}})
+        with_moved_d = {**without_c, "192.168.4.0/24": ("10.0.1.99", "eth1")}
+        wait_for(
+            lambda: table_routes(host_netns, table) == with_moved_d,
+            10,
+            "host-d's route via its new address",
+        )
+        wait_for(lambda: status().get("status") == "Success", 10, "Success again")
+        assert status()["cidrGeneration"] == generations() == 6
+
+        # A shard in the middle is deleted (by hand): its hosts' routes stay
+        # (they are not in a plan that is whole) until it is back.
+        objects.delete("cidrs", names[1])
+        wait_for(
+            lambda: status().get("status") == "WaitForRoutes", 10, "WaitForRoutes without shard 1"
+        )
+        assert f"CIDR {names[1]} is missing" in status()["message"]
+        assert table_routes(host_netns, table) == with_moved_d
+        objects.create("cidrs", left[1])
+        wait_for(lambda: status().get("status") == "Success", 10, "Success with shard 1 back")
+        assert table_routes(host_netns, table) == with_moved_d
+
+        # The CIDR named after the network is deleted: the shards left behind
+        # are no plan, so the table, the rule and the status entry go.
+        objects.delete("cidrs", network)
+        wait_for(lambda: table_routes(host_netns, table) == {}, 10, "the table emptied")
+        wait_for(lambda: rules_of(host_netns, table) == [], 10, "the rule removed")
+        wait_for(lambda: network not in route_status(objects, node), 10, "status entry removed")
+        assert network not in reconciler.tables.registry.tables
+        assert all(objects.get("cidrs", name) is not None for name in names[1:])
+        assert route_status(objects, node) == {}
 
 
 @pytest.mark.root

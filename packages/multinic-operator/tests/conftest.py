@@ -21,6 +21,7 @@ import pytest
 import yaml
 from aiohttp import web
 
+from multinic_core.shards import NETWORK_LABEL, SHARD_ENTRIES, SHARD_LABEL
 from multinic_operator.handlers import OperatorServices, build_registry, configure
 from multinic_operator.kube import KubeApi, load_client_configuration
 from multinic_sim.testing import KubeTestApi, kopf_operator, wait_for
@@ -160,11 +161,24 @@ class Cluster:
     def cidr(self, name: str = "demo") -> dict[str, Any] | None:
         return self.api.get(API, "CIDR", name)
 
+    def cidr_shards(self, name: str = "demo") -> dict[str, dict[str, Any]]:
+        """The CIDR objects holding the network's plan by name: the CIDR and its shards."""
+        found = {
+            c["metadata"]["name"]: c
+            for c in self.api.list(
+                API, "CIDR", label_selector=f"{NETWORK_LABEL}={name},{SHARD_LABEL}"
+            )
+        }
+        base = self.cidr(name)
+        if base is not None:
+            found[name] = base
+        return found
+
     def pod_cidrs(self, name: str = "demo") -> dict[tuple[str, str], str]:
-        """(host, interface) -> podCIDR of the network's plan."""
-        cidr = self.cidr(name) or {}
+        """(host, interface) -> podCIDR of the network's plan (all its CIDR shards)."""
         return {
             (h["hostName"], h["interfaceName"]): h["podCIDR"]
+            for cidr in self.cidr_shards(name).values()
             for e in (cidr.get("spec") or {}).get("cidr") or []
             for h in e.get("hosts") or []
         }
@@ -316,7 +330,9 @@ def operator_runner(cluster: Cluster) -> Iterator[Any]:
     proxies: list[RecordingProxy] = []
 
     @contextlib.contextmanager
-    def run(batch_window: float = 0.3) -> Iterator[RunningOperator]:
+    def run(
+        batch_window: float = 0.3, shard_entries: int = SHARD_ENTRIES
+    ) -> Iterator[RunningOperator]:
         proxy = RecordingProxy(cluster.kube_api.server_url).start()
         proxies.append(proxy)
         configuration = load_client_configuration(str(cluster.kube_api.kubeconfig))
@@ -325,7 +341,9 @@ def operator_runner(cluster: Cluster) -> Iterator[Any]:
         # server back into the configuration before every request.
         configuration.refresh_api_key_hook = None
         api = KubeApi(configuration)
-        services = OperatorServices.create(api, "default", batch_window=batch_window)
+        services = OperatorServices.create(
+            api, "default", batch_window=batch_window, shard_entries=shard_entries
+        )
         registry = build_registry(services)
         settings = configure(kopf.OperatorSettings())
 

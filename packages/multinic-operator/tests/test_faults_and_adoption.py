@@ -417,9 +417,9 @@ def test_a_plan_too_large_for_the_api_server_is_a_clear_failure(
         cluster.wait(lambda: cluster.status().get("configStatus") == "Failed", "the network failed")
         condition = cluster.status()["conditions"][0]
         assert condition["reason"] == "PlanTooLarge"
-        assert "the plan of 3 host(s)" in condition["message"]
+        assert "CIDR demo: 3 host(s)" in condition["message"]
         assert "etcdserver: request is too large" in condition["message"]
-        assert "--max-request-bytes" in condition["message"]
+        assert "--cidr-shard-entries" in condition["message"]
         hits = too_large.hits
         time.sleep(1.5)  # not retried: nothing changed
         assert too_large.hits == hits

@@ -272,6 +272,11 @@ class HostRouteTables:
     def __init__(self, state_dir: Path, netns: str | None = None) -> None:
         self.registry = TableRegistry.load(state_dir / "route-tables.json")
         self.netns = netns
+        self._checked: dict[int, frozenset[HostRoute]] = {}
+        """Per table: the routes its last reconcile validated (not checked again)."""
+        self._known: dict[int, dict[str, tuple[str, int]]] = {}
+        """Per table: its routes as the last reconcile without errors left them
+        (what ``reconcile(verify=False)`` diffs against instead of a dump)."""
 
     def _ipr(self) -> IPRoute:
         if self.netns:
@@ -309,17 +314,31 @@ class HostRouteTables:
 
     # ------------------------------------------------------------- reconcile
 
-    def reconcile(self, network: str, subnet: str, routes: Sequence[HostRoute]) -> RouteSync:
-        """Make ``network``'s table hold exactly ``routes`` and its rule match ``subnet``."""
+    def reconcile(
+        self, network: str, subnet: str, routes: Sequence[HostRoute], *, verify: bool = True
+    ) -> RouteSync:
+        """Make ``network``'s table hold exactly ``routes`` and its rule match ``subnet``.
+
+        ``verify``: read the table from the kernel (one dump) and repair
+        whatever differs.  Without it, the routes are diffed against what the
+        last reconcile without errors left (a plan change at 10,000 hosts:
+        the new host's routes added, no dump of 80,000); a table not known
+        yet is read all the same.  Routes someone else changed meanwhile are
+        repaired by the next verifying pass (the agent's periodic resync).
+        """
         _check_network(network)
-        desired = {r.dst: _check_route(r) for r in routes}
+        checked = self._checked.get(self.registry.tables.get(network, 0), frozenset())
+        desired = {r.dst: r if r in checked else _check_route(r) for r in routes}
         if len(desired) != len(routes):
             raise RouteTableError(f"network {network}: two routes for one destination")
         if subnet:
             netaddr.IPNetwork(subnet)  # raises on garbage before anything is changed
         table = self.registry.table_for(network)
         check_table(table)
-        current = self.current_routes(table)
+        self._checked[table] = frozenset(routes)
+        known = None if verify else self._known.get(table)
+        current = known if known is not None else self.current_routes(table)
+        self._known.pop(table, None)  # until this pass is done
         added: list[str] = []
         replaced: list[str] = []
         removed: list[str] = []
@@ -360,6 +379,10 @@ class HostRouteTables:
                         continue
                 removed.append(f"{dst} via {gateway}")
         self._reconcile_rule(table, subnet, errors)
+        if not errors:
+            self._known[table] = {
+                dst: (route.gateway, indexes[route.device]) for dst, route in desired.items()
+            }
         result = RouteSync(
             network, table, tuple(added), tuple(replaced), tuple(removed), kept, tuple(errors)
         )
@@ -377,6 +400,8 @@ class HostRouteTables:
         if network not in self.registry.tables:
             return RouteSync(network, 0)
         result = self.reconcile(network, "", [])
+        self._known.pop(result.table, None)
+        self._checked.pop(result.table, None)
         self.registry.release(network)
         return result
 

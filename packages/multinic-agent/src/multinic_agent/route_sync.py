@@ -1,6 +1,8 @@
 """L3 host routes from the CIDR plans (SPEC section 7), and their result in the API.
 
-Watches every ``CIDR`` object.  For each one whose ``spec.config.vlanMode``
+Watches every ``CIDR`` object.  A network's plan is its CIDR, or the CIDR
+and its shards (``multinic_core.shards``: a large plan is split by host
+index), merged.  For each plan whose ``spec.config.vlanMode``
 is l3 or l3s, this node's routes (:func:`multinic_core.routes.host_routes`)
 are reconciled into the network's own table with :class:`HostRouteTables`
 (diff, never flush).  Tables of networks whose CIDR is gone (or no longer
@@ -16,7 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +45,13 @@ from multinic_core.models import (
     GROUP,
     L3_VLAN_MODES,
     VERSION,
+    CIDRSpec,
     HostInterface,
     RouteSyncStatus,
     load_resource,
 )
 from multinic_core.routes import host_routes
+from multinic_core.shards import ShardMismatch, merge_plan, plan_generation, shard_of
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +86,8 @@ class CidrRouteReconciler:
         self.reconciled = 0
         """Passes that reconciled the tables with the listed CIDRs (readiness: routes synced)."""
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._models: dict[tuple[str, str], CIDR] = {}
+        """Parsed CIDR objects by (name, resourceVersion): a join re-parses one shard."""
         self.cidrs.add_listener(self._wake)
 
     def _wake(self) -> None:
@@ -89,33 +98,76 @@ class CidrRouteReconciler:
 
     # ------------------------------------------------------------------ blocking
 
-    def reconcile_once(self) -> dict[str, RouteSyncStatus]:
-        """Reconcile every table with the cached CIDRs; the result per l3 network."""
+    def reconcile_once(self, *, verify: bool = True) -> dict[str, RouteSyncStatus]:
+        """Reconcile every table with the cached CIDRs; the result per l3 network.
+
+        ``verify``: each table is read from the kernel and repaired; without
+        it, a table is diffed against what the last pass left
+        (``HostRouteTables.reconcile``): a plan change costs its routes only.
+        """
         cidrs = self.cidrs.items()
 
         def work() -> dict[str, RouteSyncStatus]:
-            return self._reconcile(cidrs)
+            return self._reconcile(cidrs, verify=verify)
 
         return in_netns(self.netns, work) if self.netns else work()
 
-    def _reconcile(self, objects: list[dict[str, Any]]) -> dict[str, RouteSyncStatus]:
+    def _parsed(self, obj: dict[str, Any]) -> CIDR:
+        """``obj`` as a model; a shard whose version was parsed before is not parsed again."""
+        meta = obj["metadata"]
+        key = (str(meta["name"]), str(meta.get("resourceVersion") or ""))
+        cidr = self._models.get(key)
+        if cidr is None or not key[1]:
+            cidr = load_resource(CIDR, obj)
+            self._models[key] = cidr
+        return cidr
+
+    def _plans(self, objects: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
+        """The CIDR objects by network and shard index, in index order; networks
+        without shard 0 (the CIDR named after the network) are left out."""
+        shards: dict[str, dict[int, dict[str, Any]]] = {}
+        for obj in objects:
+            network, index = shard_of(obj["metadata"])
+            shards.setdefault(network, {})[index] = obj
+        return {
+            network: {i: parts[i] for i in sorted(parts)}
+            for network, parts in shards.items()
+            if 0 in parts
+        }
+
+    def _reconcile(
+        self, objects: list[dict[str, Any]], *, verify: bool = True
+    ) -> dict[str, RouteSyncStatus]:
         results: dict[str, RouteSyncStatus] = {}
         routed: set[str] = set()
-        for obj in objects:
-            name = str(obj["metadata"]["name"])
-            generation = obj["metadata"].get("generation")
+        plans = self._plans(objects)
+        live = {
+            (str(o["metadata"]["name"]), str(o["metadata"].get("resourceVersion") or ""))
+            for parts in plans.values()
+            for o in parts.values()
+        }
+        for key in self._models.keys() - live:
+            del self._models[key]
+        for name, parts in plans.items():
+            generation = plan_generation([o["metadata"].get("generation") for o in parts.values()])
             try:
-                cidr = load_resource(CIDR, obj)
+                cidrs = [self._parsed(o) for o in parts.values()]
+                spec = merge_plan(name, [c.spec for c in cidrs], list(parts))
+            except ShardMismatch as e:
+                # Shards being rewritten: keep the routes until they agree again.
+                routed.add(name)
+                results[name] = _status(name, "WaitForRoutes", str(e), generation)
+                continue
             except ConfigError as e:
                 # Unreadable plan: keep whatever routes the last good one gave.
                 routed.add(name)
                 results[name] = _status(name, "Failed", str(e), generation)
                 self.metrics.route_failed(name)
                 continue
-            if cidr.spec.config.vlan_mode not in L3_VLAN_MODES:
+            if spec.config.vlan_mode not in L3_VLAN_MODES:
                 continue
             routed.add(name)
-            results[name] = self._reconcile_network(cidr, generation)
+            results[name] = self._reconcile_network(name, spec, generation, verify=verify)
         for network in self.tables.networks():
             if network in routed:
                 continue
@@ -132,9 +184,10 @@ class CidrRouteReconciler:
             )
         return results
 
-    def _reconcile_network(self, cidr: CIDR, generation: int | None) -> RouteSyncStatus:
-        name = cidr.name
-        in_plan = any(h.host_name == self.node for e in cidr.spec.cidr for h in e.hosts)
+    def _reconcile_network(
+        self, name: str, spec: CIDRSpec, generation: int | None, *, verify: bool = True
+    ) -> RouteSyncStatus:
+        in_plan = any(h.host_name == self.node for e in spec.cidr for h in e.hosts)
         if not in_plan:
             if name in self.tables.networks():
                 try:
@@ -151,9 +204,11 @@ class CidrRouteReconciler:
             return _status(
                 name, "WaitForRoutes", f"node {self.node} is not in the plan yet", generation
             )
-        routes = host_routes(cidr.spec, self.node)
+        routes = host_routes(spec, self.node)
         try:
-            sync = self._observed(self.tables.reconcile(name, cidr.spec.config.subnet, routes))
+            sync = self._observed(
+                self.tables.reconcile(name, spec.config.subnet, routes, verify=verify)
+            )
         except (RouteTableError, ValueError, NetlinkError, OSError) as e:
             log.error("routes of network %s: %s", name, e)
             self.metrics.route_failed(name)
@@ -235,18 +290,30 @@ class CidrRouteReconciler:
     # ------------------------------------------------------------------ async
 
     async def run(self) -> None:
-        """Reconcile on every CIDR change and every ``resync_interval`` s; until cancelled."""
+        """Reconcile on every CIDR change and every ``resync_interval`` s; until cancelled.
+
+        The first pass and one every ``resync_interval`` s read the tables
+        from the kernel (a route someone removed is put back); the passes a
+        CIDR change triggers in between diff against the last pass.
+        """
         self._loop = asyncio.get_running_loop()
         self.cidrs.start()
         try:
             while not await asyncio.to_thread(self.cidrs.wait_synced, 1.0):
                 pass
+            verified = -math.inf
             while True:
+                woken = self.changed.is_set()
                 self.changed.clear()
                 wait = self.resync_interval
                 complete = False
+                verify = not woken or time.monotonic() - verified >= self.resync_interval
                 try:
-                    results = await asyncio.to_thread(self.reconcile_once)
+                    if verify:
+                        verified = time.monotonic()
+                    results = await asyncio.to_thread(
+                        functools.partial(self.reconcile_once, verify=verify)
+                    )
                     self.reconciled += 1
                     complete = await asyncio.to_thread(self.write_status, results)
                     if not complete:

@@ -38,6 +38,7 @@ from multinic_core.models import (
     compact,
 )
 from multinic_core.nad import GENERATED_LABEL, NAD_API_VERSION, NAD_KIND
+from multinic_core.shards import NETWORK_LABEL, SHARD_LABEL, shard_of
 from multinic_operator.desired import POOL_NETWORK_LABEL
 from multinic_operator.informer import Informer
 from multinic_operator.kube import KubeApi
@@ -73,6 +74,9 @@ class ClusterView(Protocol):
         """The IPPools labelled with ``network``, by name."""
 
     def cidr(self, network: str) -> dict[str, Any] | None: ...
+
+    def cidr_shards(self, network: str) -> dict[int, dict[str, Any]]:
+        """The CIDRs holding ``network``'s plan by shard index (0: the one named ``network``)."""
 
     def nads(self, network: str) -> list[dict[str, Any]]:
         """The generated NADs named ``network``, in every namespace."""
@@ -310,7 +314,15 @@ def slim_cidr(body: dict[str, Any]) -> dict[str, Any]:
             "generation": meta.get("generation"),
         },
     }
+    labels = meta.get("labels")
+    if labels:  # which network's plan, and which shard of it (multinic_core.shards)
+        slim["metadata"]["labels"] = labels
     return slim
+
+
+def cidr_network(body: dict[str, Any]) -> str:
+    """The network whose plan (or shard of it) a CIDR is."""
+    return shard_of(body.get("metadata") or {})[0]
 
 
 def _namespace(body: dict[str, Any]) -> tuple[str, bool]:
@@ -349,7 +361,13 @@ class ClusterCache:
         # Metadata only: a CIDR is the whole plan (~13 MB at 10,000 x 8), and
         # every write of it would come back as a watch event of that size.
         self.cidrs: Informer[dict[str, Any]] = Informer(
-            api, API_VERSION, "CIDR", slim_cidr, on_change=self._cidr, metadata_only=True
+            api,
+            API_VERSION,
+            "CIDR",
+            slim_cidr,
+            index=cidr_network,
+            on_change=self._cidr,
+            metadata_only=True,
         )
         self.nad_cache: Informer[dict[str, Any]] = Informer(
             api,
@@ -447,6 +465,11 @@ class ClusterCache:
     def cidr(self, network: str) -> dict[str, Any] | None:
         return self.cidrs.get(network)
 
+    def cidr_shards(self, network: str) -> dict[int, dict[str, Any]]:
+        return {
+            shard_of(body["metadata"])[1]: body for body in self.cidrs.indexed(network).values()
+        }
+
     def nads(self, network: str) -> list[dict[str, Any]]:
         # Not listed (the NAD CRD is not installed?): the reconcile says why.
         self.nad_cache.ready()
@@ -509,9 +532,9 @@ class ClusterCache:
         if retired or new is None:
             self._ask([network])
 
-    def _cidr(self, key: str, _old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
-        if new is None:  # deleted by someone else: the plan is written again
-            self._ask([key])
+    def _cidr(self, _key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if new is None and old is not None:  # deleted by someone else: the plan is written again
+            self._ask([cidr_network(old)])
 
     def _nad(self, _key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         if new is None and old is not None:
@@ -571,6 +594,20 @@ class LiveView:
 
     def cidr(self, network: str) -> dict[str, Any] | None:
         return self.api.get(API_VERSION, "CIDR", network)
+
+    def cidr_shards(self, network: str) -> dict[int, dict[str, Any]]:
+        shards = {
+            index: body
+            for body in self.api.iterate(
+                API_VERSION, "CIDR", label_selector=f"{NETWORK_LABEL}={network},{SHARD_LABEL}"
+            )
+            for name, index in [shard_of(body["metadata"])]
+            if name == network
+        }
+        base = self.api.get(API_VERSION, "CIDR", network)
+        if base is not None:
+            shards[0] = base
+        return shards
 
     def nads(self, network: str) -> list[dict[str, Any]]:
         return self.api.list(

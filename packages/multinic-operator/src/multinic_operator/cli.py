@@ -17,6 +17,7 @@ import kopf
 from kubernetes import client
 
 from multinic_core.errors import ConfigError, MultinicError
+from multinic_core.shards import SHARD_ENTRIES
 from multinic_operator.agent import DEFAULT_AGENT_IMAGE
 from multinic_operator.batching import DEFAULT_WINDOW
 from multinic_operator.handlers import OperatorServices, run_operator
@@ -47,6 +48,16 @@ def connection_info(configuration: client.Configuration) -> kopf.ConnectionInfo:
         private_key_path=configuration.key_file or None,
         default_namespace=None,
     )
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("MULTINIC_HEALTH_ADDRESS", DEFAULT_HEALTH_ADDRESS),
         help="HOST:PORT, :PORT (every address) or off: the port serving /healthz, /readyz and "
         "/metrics (default %(default)s)",
+    )
+    parser.add_argument(
+        "--cidr-shard-entries",
+        type=_positive_int,
+        default=os.environ.get("MULTINIC_CIDR_SHARD_ENTRIES", str(SHARD_ENTRIES)),
+        metavar="N",
+        help="host blocks (hosts x NICs) per CIDR object: a larger plan is split into "
+        "<network>.shard-<k> objects, so that none outgrows what etcd stores "
+        "(default: $MULTINIC_CIDR_SHARD_ENTRIES or %(default)s)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
@@ -158,7 +178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     api = KubeApi(configuration, metrics=OperatorMetrics())
     services = OperatorServices.create(
-        api, args.namespace, agent_image=args.agent_image, batch_window=args.batch_window
+        api,
+        args.namespace,
+        agent_image=args.agent_image,
+        batch_window=args.batch_window,
+        shard_entries=args.cidr_shard_entries,
     )
     health = OperatorHealth(services.batcher, api.metrics)
     try:

@@ -29,6 +29,7 @@ from multinic_core.errors import ConfigError
 from multinic_core.events import EventRecorder
 from multinic_core.models import GROUP, VERSION, Config
 from multinic_core.plugins import PluginRegistry
+from multinic_core.shards import SHARD_ENTRIES
 from multinic_operator.agent import DEFAULT_AGENT_IMAGE, AgentDeployer
 from multinic_operator.batching import DEFAULT_WINDOW, ReconcileBatcher
 from multinic_operator.cache import ClusterCache
@@ -67,13 +68,16 @@ class OperatorServices:
         agent_image: str = DEFAULT_AGENT_IMAGE,
         batch_window: float = DEFAULT_WINDOW,
         registry: PluginRegistry | None = None,
+        shard_entries: int = SHARD_ENTRIES,
     ) -> OperatorServices:
         # A client of its own: Events, written in the background, stay out of
         # the request counts by which a reconcile's API work is measured.
         events = operator_event_recorder(KubeApi(api.configuration))
         # The informers' watches hold their connections: a pool of their own.
         cache = ClusterCache(KubeApi(api.configuration, metrics=api.metrics))
-        reconciler = NetworkReconciler(api, registry, events=events, view=cache)
+        reconciler = NetworkReconciler(
+            api, registry, events=events, view=cache, shard_entries=shard_entries
+        )
         batcher = ReconcileBatcher(
             reconciler.reconcile_many, window=batch_window, observe=api.metrics.batch_reconciled
         )

@@ -35,11 +35,13 @@ from multinic_core.models import (
     API_VERSION,
     CIDR,
     POOL_RETIRED_LABEL,
+    CIDRSpec,
     Config,
     HostInterface,
     HostInterfaceInfo,
     IPPool,
     MultiNicNetwork,
+    ObjectMeta,
     load_resource,
 )
 from multinic_core.nad import NAD_API_VERSION, NAD_KIND, nad_object
@@ -53,6 +55,15 @@ from multinic_core.planner import (
     stranded_allocations,
 )
 from multinic_core.plugins import MainPlugin, PluginRegistry
+from multinic_core.shards import (
+    SHARD_ENTRIES,
+    ShardMismatch,
+    merge_plan,
+    plan_generation,
+    shard_labels,
+    shard_name,
+    split_plan,
+)
 from multinic_operator.cache import ClusterView, LiveView, PoolBodies, pools_holding
 from multinic_operator.desired import (
     DEPENDENT_KINDS_ANNOTATION,
@@ -137,8 +148,11 @@ class NetworkReconciler:
         workers: int = 8,
         events: EventRecorder | None = None,
         view: ClusterView | None = None,
+        shard_entries: int = SHARD_ENTRIES,
     ) -> None:
         self.api = api
+        self.shard_entries = shard_entries
+        """Host blocks per CIDR object (``multinic_core.shards``)."""
         self.view: ClusterView = view if view is not None else LiveView(api)
         """Where the cluster is read: the operator's list/watch caches, or the API itself."""
         self.registry = registry if registry is not None else PluginRegistry()
@@ -158,12 +172,12 @@ class NetworkReconciler:
         self._heap = HeapSettler()
         self._seconds: dict[str, float] = {}
         """The last reconcile's other phases (``ReconcileResult.seconds``)."""
-        self._planners: dict[str, tuple[IncrementalPlanner, str, int | None]] = {}
-        """Per network: its planner, the resourceVersion of the CIDR it last wrote
-        and the view's ``hosts_version()`` of the hosts it was brought to."""
-        self._cidr_written: dict[str, tuple[str, str, list[str]]] = {}
-        """Per network: (resourceVersion, digest of the spec, status problems) of the
-        CIDR as this reconciler wrote it."""
+        self._planners: dict[str, tuple[IncrementalPlanner, tuple[str, ...], int | None]] = {}
+        """Per network: its planner, the resourceVersions of the CIDR shards it last
+        wrote and the view's ``hosts_version()`` of the hosts it was brought to."""
+        self._cidr_written: dict[str, dict[int, tuple[str, str, list[str]]]] = {}
+        """Per network, per shard: (resourceVersion, digest of the spec, status
+        problems) of the CIDR as this reconciler wrote it."""
         self._pools_checked: dict[str, dict[str, tuple[str, HostInterfaceInfo]]] = {}
         """Per network, per IPPool found equal to its plan block: (its resourceVersion, the block)."""
 
@@ -287,7 +301,8 @@ class NetworkReconciler:
                 for obj in self._existing_dependents(api_version, kind, name):
                     meta = obj["metadata"]
                     self.api.delete(api_version, kind, meta["name"], meta.get("namespace"))
-            self._delete(API_VERSION, "CIDR", name)
+            for shard in sorted(live.cidr_shards(name), reverse=True):
+                self._delete(API_VERSION, "CIDR", shard_name(name, shard))
             log.info("network %s: cleaned up its CIDR, IPPools, NADs and driver objects", name)
 
     # ------------------------------------------------------------------ one network
@@ -397,22 +412,22 @@ class NetworkReconciler:
         cidr_generation: int | None = None
         planned: set[str] = set()
         if network.spec.multi_nic_ipam_config is not None:
-            cidr = self._read_cidr(network.name)
+            shards = self._read_shards(network.name)
             planning = time.perf_counter()
-            planner = self._planner(network, snapshot, cidr)
+            planner = self._planner(network, snapshot, shards)
             plan = planner.result()
             self.plan_seconds = time.perf_counter() - planning
-            cidr = self._apply_cidr(network, plan, cidr)
-            version = cidr["metadata"].get("resourceVersion")
-            if version:
-                self._planners[network.name] = (planner, version, snapshot.version)
-            cidr_generation = cidr["metadata"].get("generation")
+            stored = self._apply_cidr(network, plan, shards)
+            versions = _shard_versions(stored)
+            if all(versions):
+                self._planners[network.name] = (planner, versions, snapshot.version)
+            cidr_generation = plan_generation(
+                [stored[i]["metadata"].get("generation") for i in sorted(stored)]
+            )
             self._seconds["cidr"] = time.perf_counter() - planning - self.plan_seconds
             pooling = time.perf_counter()
             agents = {h.spec.host_name or h.name for h in hosts if not h.unmanaged}
-            retired = self._apply_pools(
-                network.name, plan, cidr["metadata"].get("generation"), agents
-            )
+            retired = self._apply_pools(network.name, plan, cidr_generation, agents)
             self._seconds["pools"] = time.perf_counter() - pooling
             inputs.stranded = retired.stranded
             inputs.retiring = retired.waiting
@@ -425,8 +440,8 @@ class NetworkReconciler:
             self._planners.pop(network.name, None)
             self._cidr_written.pop(network.name, None)
             self._apply_pools(network.name, None)
-            if self.view.cidr(network.name) is not None:
-                self._delete(API_VERSION, "CIDR", network.name)
+            for shard in sorted(self.view.cidr_shards(network.name), reverse=True):
+                self._delete(API_VERSION, "CIDR", shard_name(network.name, shard))
         inputs.problems.extend(self._apply_nads(network, attachment, config))
         self._apply_dependents(body, network, dependents)
         inputs.routes = (
@@ -449,20 +464,28 @@ class NetworkReconciler:
     # ------------------------------------------------------------------ CIDR
 
     def _planner(
-        self, network: MultiNicNetwork, snapshot: HostSnapshot, cidr: dict[str, Any] | None
+        self,
+        network: MultiNicNetwork,
+        snapshot: HostSnapshot,
+        shards: Mapping[int, dict[str, Any]],
     ) -> IncrementalPlanner:
         """The network's planner, brought to ``hosts``.
 
         The last one continues (only the hosts that joined, left or changed
-        are planned) when the CIDR is still the one it wrote (same
-        resourceVersion) and the network's plan inputs are the same; anything
+        are planned) when the CIDR shards are still the ones it wrote (same
+        resourceVersions) and the network's plan inputs are the same; anything
         else (a restart, a spec change, someone else's write) plans from
-        scratch from the CIDR as it is.  Both give the same plan.
+        scratch from the CIDR shards as they are.  Both give the same plan.
         """
         config = plugin_config(network)
         cached = self._planners.pop(network.name, None)
-        version = cidr["metadata"].get("resourceVersion") if cidr is not None else None
-        if cached is not None and version and cached[1] == version and cached[0].config == config:
+        versions = _shard_versions(shards)
+        if (
+            cached is not None
+            and all(versions)
+            and cached[1] == versions
+            and cached[0].config == config
+        ):
             planner, _, planned_at = cached
             if planned_at is not None and snapshot.version is not None and snapshot.unique:
                 # Only the hosts that changed since the planner's last read.
@@ -471,112 +494,179 @@ class NetworkReconciler:
             else:
                 planner.sync(snapshot.hosts)
             return planner
-        previous = None
-        if cidr is not None and "spec" not in cidr:
-            # Cached without its spec (``_read_cidr``): planning from it needs it.
-            cidr = self.api.get(API_VERSION, "CIDR", network.name)
-        if cidr is not None:
-            previous = load_resource(CIDR, cidr, f"CIDR {network.name}").spec
-        return IncrementalPlanner(config, snapshot.hosts, previous)
+        return IncrementalPlanner(config, snapshot.hosts, self._previous_plan(network.name, shards))
+
+    def _previous_plan(self, network: str, shards: Mapping[int, dict[str, Any]]) -> CIDRSpec | None:
+        """The plan the CIDR shards hold, read whole from the API (the caches hold metadata).
+
+        Shards that disagree (a rewrite cut short) give the plan of the CIDR
+        itself (shard 0), or of the first readable shard.
+        """
+        specs: list[CIDRSpec] = []
+        for index in sorted(shards):
+            body: dict[str, Any] | None = shards[index]
+            if body is not None and "spec" not in body:
+                body = self.api.get(API_VERSION, "CIDR", shard_name(network, index))
+            if body is None:
+                continue
+            try:
+                specs.append(load_resource(CIDR, body, f"CIDR {shard_name(network, index)}").spec)
+            except ConfigError as e:
+                log.warning("network %s: planning without an unreadable CIDR shard: %s", network, e)
+        if not specs:
+            return None
+        try:
+            return merge_plan(network, specs)
+        except ShardMismatch as e:
+            log.warning("network %s: %s; planning from the first shard", network, e)
+            return specs[0]
 
     def _apply_cidr(
-        self, network: MultiNicNetwork, plan: PlanResult, existing: dict[str, Any] | None
-    ) -> dict[str, Any]:
-        """Create or patch the CIDR; its metadata as stored (not its spec).
+        self,
+        network: MultiNicNetwork,
+        plan: PlanResult,
+        existing: Mapping[int, dict[str, Any]],
+    ) -> dict[int, dict[str, Any]]:
+        """Create or patch the CIDR shards; their metadata as stored (not their specs).
 
-        At 10,000 hosts the plan is MBs of JSON and tens of MB as dicts: it is
-        encoded once (the same bytes give its digest and the patch), no copy
-        of it outlives this method, and the API's answers are asked for as
-        metadata only (``KubeApi`` ``metadata_only``), not read back whole.
-        What this reconciler wrote (spec digest, status problems) is
-        remembered with the resourceVersion it got.
+        The plan is split into shards of ``shard_entries`` host blocks
+        (``multinic_core.shards``): a join or leave rewrites the shard of the
+        host, not the whole plan, and no object outgrows what etcd stores.
+        Shards that exist are kept (emptied) so their generations only add up.
+        Each is encoded once (the same bytes give its digest and the patch),
+        the API's answers are asked for as metadata only (``KubeApi``
+        ``metadata_only``), and what this reconciler wrote (spec digest,
+        status problems) is remembered with the resourceVersion it got.
         """
         name = network.name
         desired = cidr_object(network, plan)
+        owners = desired.metadata.owner_references
         status = desired.status.to_dict() if desired.status is not None else {"problems": []}
-        # Encoded straight from the models (no dicts of the whole plan on the way).
-        spec = plan.spec.model_dump_json(exclude_none=True).encode()
-        digest = _digest(spec)
-        size = len(spec)
-        written = self._cidr_written.get(name)
-        if existing is None:
-            body = desired.to_dict()
-            body.pop("status", None)
-            try:
-                stored = self._cidr_stored(self.api.create(body, metadata_only=True))
-            except KubeApiError as e:
-                too_large = PlanTooLarge.of(e, name, plan, size)
-                if too_large is None:
-                    raise
-                raise too_large from e
-            del body
-            problems: list[str] | None = []  # a new object has no status
-            log.info("network %s: created CIDR plan", name)
+        del desired
+        parts = split_plan(plan.spec, self.shard_entries, at_least=1 + max(existing, default=0))
+        written = self._cidr_written.setdefault(name, {})
+        # The status (problems) is on shard 0, the CIDR named after the network.
+        base = existing.get(0)
+        problems: list[str] | None
+        if base is None:
+            problems = []  # a new object has no status
+        elif "status" in base or "spec" in base:
+            problems = list((base.get("status") or {}).get("problems") or [])
         else:
-            stored = _cidr_metadata(existing)
-            version = str(existing["metadata"].get("resourceVersion") or "")
-            ours = written is not None and written[0] == version
-            problems = (
-                list((existing.get("status") or {}).get("problems") or [])
-                if "status" in existing or "spec" in existing
-                else (written[2] if written is not None and ours else None)
+            mine = written.get(0)
+            problems = mine[2] if mine is not None and mine[0] == _version_of(base) else None
+        stored: dict[int, dict[str, Any]] = {}
+        for index, part in enumerate(parts):
+            stored[index] = self._apply_shard(
+                name, index, part, owners, existing=existing.get(index), written=written
             )
-            patch: dict[str, Any] | bytes | None
-            if "spec" in existing:
-                patch = cidr_spec_patch(existing, plan.spec)
-            elif ours and written is not None and written[1] == digest:
-                patch = None  # the plan this reconciler wrote, unchanged
-            else:
-                guard = json.dumps({"resourceVersion": version}).encode()
-                patch = b"".join((b'{"metadata":', guard, b',"spec":', spec, b"}"))
-            del desired, spec  # one copy of the plan's JSON at a time
-            if patch is not None:
-                try:
-                    stored = self._cidr_stored(
-                        self.api.patch(API_VERSION, "CIDR", name, patch, metadata_only=True)
-                    )
-                except KubeApiError as e:
-                    too_large = PlanTooLarge.of(e, name, plan, size)
-                    if too_large is None:
-                        raise
-                    raise too_large from e
-                del patch
-                log.info("network %s: updated CIDR plan", name)
         if problems != status["problems"]:
-            stored = self._cidr_stored(
+            stored[0] = self._cidr_stored(
                 self.api.patch(
                     API_VERSION, "CIDR", name, {"status": status}, status=True, metadata_only=True
                 )
             )
-        # The spec and status as this reconciler left them, at this version.
-        self._cidr_written[name] = (
-            str(stored["metadata"].get("resourceVersion") or ""),
-            digest,
-            list(status["problems"]),
-        )
+        written[0] = (_version_of(stored[0]), written[0][1], list(status["problems"]))
         return stored
+
+    def _apply_shard(
+        self,
+        network: str,
+        index: int,
+        part: CIDRSpec,
+        owners: list[Any],
+        *,
+        existing: dict[str, Any] | None,
+        written: dict[int, tuple[str, str, list[str]]],
+    ) -> dict[str, Any]:
+        """Create or patch one CIDR shard; its metadata as stored."""
+        name = shard_name(network, index)
+        # Encoded straight from the models (no dicts of the whole plan on the way).
+        spec = part.model_dump_json(exclude_none=True).encode()
+        digest = _digest(spec)
+        size = len(spec)
+        mine = written.get(index)
+        if existing is None:
+            body = CIDR(
+                metadata=ObjectMeta(
+                    name=name,
+                    labels=shard_labels(network, index),
+                    owner_references=owners,
+                ),
+                spec=part,
+            ).to_dict()
+            stored = self._write_cidr(
+                name, part, size, lambda: self.api.create(body, metadata_only=True)
+            )
+            del body
+            log.info("network %s: created CIDR %s", network, name)
+            written[index] = (_version_of(stored), digest, [])
+            return stored
+        version = _version_of(existing)
+        ours = mine is not None and mine[0] == version
+        patch: dict[str, Any] | bytes | None
+        if "spec" in existing:
+            patch = cidr_spec_patch(existing, part)
+        elif ours and mine is not None and mine[1] == digest:
+            patch = None  # the shard this reconciler wrote, unchanged
+        else:
+            guard = json.dumps({"resourceVersion": version}).encode()
+            patch = b"".join((b'{"metadata":', guard, b',"spec":', spec, b"}"))
+        del spec  # one copy of the shard's JSON at a time
+        stored = _cidr_metadata(existing)
+        if patch is not None:
+            change = patch
+            stored = self._write_cidr(
+                name,
+                part,
+                size,
+                lambda: self.api.patch(API_VERSION, "CIDR", name, change, metadata_only=True),
+            )
+            del patch, change
+            log.info("network %s: updated CIDR %s", network, name)
+        written[index] = (_version_of(stored), digest, mine[2] if mine is not None else [])
+        return stored
+
+    def _write_cidr(
+        self, name: str, part: CIDRSpec, size: int, write: Callable[[], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """``write`` of CIDR ``name`` (``size`` bytes of spec); a refusal for its size
+        raises ``PlanTooLarge`` (no retry can store it)."""
+        try:
+            return self._cidr_stored(write())
+        except KubeApiError as e:
+            too_large = PlanTooLarge.of(e, name, part, size, self.shard_entries)
+            if too_large is None:
+                raise
+            raise too_large from e
+
+    def _read_shards(self, network: str) -> dict[int, dict[str, Any]]:
+        """The network's CIDR shards: as the view holds them, or whole from the API when needed.
+
+        The caches keep a CIDR without its spec (at 10,000 hosts the plan is
+        MBs): a shard this reconciler wrote is known by its version.  After a
+        restart or someone else's write, the shard is read from the API.
+        """
+        shards = self.view.cidr_shards(network)
+        written = self._cidr_written.get(network, {})
+        for index, body in list(shards.items()):
+            if "spec" in body:
+                continue
+            mine = written.get(index)
+            if mine is not None and mine[0] == _version_of(body):
+                continue
+            whole = self.api.get(API_VERSION, "CIDR", shard_name(network, index))
+            if whole is None:
+                del shards[index]
+            else:
+                shards[index] = whole
+        return shards
 
     def _cidr_stored(self, answer: dict[str, Any]) -> dict[str, Any]:
         """A metadata-only answer about a CIDR: the view sees it; the CIDR's metadata."""
         stored = _cidr_metadata(answer)
         self.view.observe(stored)
         return stored
-
-    def _read_cidr(self, name: str) -> dict[str, Any] | None:
-        """The network's CIDR: as the view holds it, or whole from the API when needed.
-
-        The caches keep a CIDR without its spec (at 10,000 hosts it is MBs):
-        the plan this reconciler wrote is known by its version.  After a
-        restart or someone else's write, the spec is read from the API.
-        """
-        cidr = self.view.cidr(name)
-        if cidr is None or "spec" in cidr:
-            return cidr
-        version = str(cidr["metadata"].get("resourceVersion") or "")
-        written = self._cidr_written.get(name)
-        if written is not None and written[0] == version:
-            return cidr
-        return self.api.get(API_VERSION, "CIDR", name)
 
     # ------------------------------------------------------------------ IPPools
 
@@ -880,17 +970,18 @@ class PlanTooLarge(MultinicError):
     limit or from kube-apiserver's 2 MiB to etcd, 413 over its 3 MiB body limit."""
 
     @classmethod
-    def of(cls, error: KubeApiError, name: str, plan: PlanResult, size: int) -> Self | None:
+    def of(
+        cls, error: KubeApiError, name: str, part: CIDRSpec, size: int, shard_entries: int
+    ) -> Self | None:
         """``error`` as a PlanTooLarge when it is one (else None)."""
         if error.status not in (413, 500) or not any(s in error.detail for s in cls.SIGNS):
             return None
-        hosts = len({h.host_name for e in plan.spec.cidr for h in e.hosts})
+        hosts = len({h.host_name for e in part.cidr for h in e.hosts})
         return cls(
-            f"CIDR {name}: the plan of {hosts} host(s) is {size / 1048576:.1f} MiB, more than "
-            f"this cluster stores in one object ({error.detail}). etcd takes 1.5 MiB per "
-            "request by default (--max-request-bytes) and kube-apiserver sends it at most "
-            "2 MiB: about 1,300 hosts with 8 NICs each. The plan holds every host in one CIDR "
-            "object; with more hosts, raise etcd's limit (up to 2 MiB) or use several networks."
+            f"CIDR {name}: {hosts} host(s) in {size / 1048576:.1f} MiB, more than this "
+            f"cluster stores in one object ({error.detail}). etcd takes 1.5 MiB per request "
+            "by default (--max-request-bytes); the operator splits a plan into CIDR objects "
+            f"of {shard_entries} host blocks each (--cidr-shard-entries): lower it."
         )
 
 
@@ -919,6 +1010,11 @@ class HeapSettler:
             gc.unfreeze()
         gc.collect()
         gc.freeze()
+
+
+def _shard_versions(shards: Mapping[int, Mapping[str, Any]]) -> tuple[str, ...]:
+    """The resourceVersions of a plan's CIDR shards, in shard order."""
+    return tuple(_version_of(shards[i]) for i in sorted(shards))
 
 
 def _cidr_metadata(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -219,9 +219,7 @@ def _hosts(api_client: Any, network: str) -> list[str]:
     from kubernetes.client import ApiException  # noqa: PLC0415
 
     try:
-        plan: Any = client.CustomObjectsApi(api_client).get_cluster_custom_object(
-            MULTINIC_GROUP, MULTINIC_VERSION, "cidrs", network
-        )
+        plans = plan_objects(client.CustomObjectsApi(api_client), network)
     except ApiException as e:
         if e.status == 404:
             raise SimError(
@@ -232,11 +230,34 @@ def _hosts(api_client: Any, network: str) -> list[str]:
     return sorted(
         {
             str(host.get("hostName"))
+            for plan in plans
             for entry in plan.get("spec", {}).get("cidr") or []
             for host in entry.get("hosts") or []
             if host.get("hostName")
         }
     )
+
+
+def plan_objects(custom: Any, network: str) -> list[dict[str, Any]]:
+    """The CIDR objects holding ``network``'s plan: the CIDR, then its shards
+    (``multinic_core.shards``); ApiException 404 when the CIDR does not exist."""
+    from multinic_core.shards import NETWORK_LABEL, SHARD_LABEL, shard_of  # noqa: PLC0415
+
+    base: dict[str, Any] = custom.get_cluster_custom_object(
+        MULTINIC_GROUP, MULTINIC_VERSION, "cidrs", network
+    )
+    listed = custom.list_cluster_custom_object(
+        MULTINIC_GROUP,
+        MULTINIC_VERSION,
+        "cidrs",
+        label_selector=f"{NETWORK_LABEL}={network},{SHARD_LABEL}",
+    )
+    shards = sorted(
+        (shard_of(item["metadata"]), item)
+        for item in listed.get("items") or []
+        if shard_of(item["metadata"])[0] == network
+    )
+    return [base, *(item for _, item in shards)]
 
 
 def _pods_for(

@@ -22,7 +22,13 @@ from multinic_sim.cluster_builder import (
     down,
     up,
 )
-from multinic_sim.concheck import CheckOptions, all_connected, render, run_concheck
+from multinic_sim.concheck import (
+    CheckOptions,
+    all_connected,
+    plan_objects,
+    render,
+    run_concheck,
+)
 from multinic_sim.fabric import FabricError, FabricLayout, run_ip
 from multinic_sim.kubelet import NAD_GROUP, NAD_PLURAL, NAD_VERSION
 from multinic_sim.pods import PodRuntime, PodView
@@ -140,14 +146,16 @@ def wait_for_network(
 
         def planned_hosts() -> tuple[int, int]:
             try:
-                plan = custom.get_cluster_custom_object(
-                    MULTINIC_GROUP, MULTINIC_VERSION, "cidrs", network
-                )
+                plans = plan_objects(custom, network)
             except ApiException as e:
                 if e.status == 404:
                     return 0, layout.hosts * layout.nics
                 raise
-            hosts = sum(len(entry.get("hosts") or []) for entry in plan["spec"].get("cidr") or [])
+            hosts = sum(
+                len(entry.get("hosts") or [])
+                for plan in plans
+                for entry in plan["spec"].get("cidr") or []
+            )
             return hosts, layout.hosts * layout.nics
 
         def pools() -> tuple[int, int]:
@@ -216,22 +224,28 @@ def cidr_table(cluster: SimCluster, network: str) -> str:
 
     with cluster.api() as api:
         custom: Any = client.CustomObjectsApi(api)
-        plan = custom.get_cluster_custom_object(MULTINIC_GROUP, MULTINIC_VERSION, "cidrs", network)
+        plans = plan_objects(custom, network)
+    blocks = [
+        (entry, host)
+        for plan in plans
+        for entry in plan["spec"].get("cidr") or []
+        for host in entry.get("hosts") or []
+    ]
+    blocks.sort(key=lambda pair: (pair[0].get("interfaceIndex", 0), pair[1].get("hostIndex", 0)))
     rows = []
-    for entry in plan["spec"].get("cidr") or []:
-        for host in entry.get("hosts") or []:
-            rows.append(
-                [
-                    str(entry.get("netAddress")),
-                    str(entry.get("interfaceIndex")),
-                    str(entry.get("vlanCIDR")),
-                    str(host.get("hostName")),
-                    str(host.get("hostIndex")),
-                    f"{host.get('interfaceName')} {host.get('hostIP')}",
-                    str(host.get("podCIDR")),
-                    str(host.get("ippool")),
-                ]
-            )
+    for entry, host in blocks:
+        rows.append(
+            [
+                str(entry.get("netAddress")),
+                str(entry.get("interfaceIndex")),
+                str(entry.get("vlanCIDR")),
+                str(host.get("hostName")),
+                str(host.get("hostIndex")),
+                f"{host.get('interfaceName')} {host.get('hostIP')}",
+                str(host.get("podCIDR")),
+                str(host.get("ippool")),
+            ]
+        )
     return render_table(
         ["MASTER NET", "IF INDEX", "VLAN CIDR", "HOST", "HOST INDEX", "NIC", "POD CIDR", "IPPOOL"],
         rows,
