@@ -32,7 +32,7 @@ scale, ``tests/test_host_join_leave.py`` by traffic.)
 
 Baseline, measured in the same run against a fresh server of the same kind:
 a bare client creating the same objects the operator ended up writing (the
-IPPools, the CIDR, and one status write) one request each - the minimal API
+IPPools, the CIDR and its shards, and one status write) one request each - the minimal API
 work for the result.  The ratios compare the operator's writes and time with
 that (target: time <= 1.5 x the baseline's).  The goal of converging within
 30 s is reported with the baseline's own time next to it: where the bare
@@ -68,6 +68,7 @@ import yaml
 from aiohttp import web
 
 from multinic_agent.metrics import api_verb
+from multinic_core.shards import shard_of
 from multinic_operator.kube import KubeApi, load_client_configuration
 from multinic_sim.crds import NETWORK_ATTACHMENT_DEFINITION_CRD
 from multinic_sim.errors import SimError
@@ -149,7 +150,8 @@ class RequestCounter:
     def record(self, family: str, verb: str, resource: str, name: str, subresource: str) -> None:
         with self._lock:
             self.counts[(family, verb)] += 1
-            if family == "operator" and verb == "patch" and name == "bench":
+            plan = name == "bench" or name.startswith("bench.shard-")
+            if family == "operator" and verb == "patch" and plan:
                 # Plan and status writes: what batching keeps to a handful.
                 if resource == "cidrs" and not subresource:
                     self.kinds["plan-write"] += 1
@@ -563,9 +565,14 @@ def run_operator_burst(kind: str, hosts: int, nics: int, workdir: Path) -> dict[
         time.sleep(1.0)  # let the startup batch settle before counting
         result = burst(api, server, operator.pid, log_path, hosts=hosts, nics=nics)
         pools = check_pools(api, hosts, nics)
-        cidr = api.get(API, "CIDR", "bench")
+        cidrs = [c for c in api.list(API, "CIDR") if shard_of(c["metadata"])[0] == "bench"]
         network = api.get(API, "MultiNicNetwork", "bench")
         assert server.counter is not None
+        result["cidr_shards"] = {
+            "count": len(cidrs),
+            "largest_bytes": max((len(json.dumps(c["spec"])) for c in cidrs), default=0),
+            "total_bytes": sum(len(json.dumps(c["spec"])) for c in cidrs),
+        }
         result["one_join"] = one_join(api, server.counter, log_path, hosts, nics)
         result["peak_rss_mb"] = round(peak_rss_mb(operator.pid), 1)
     except BaseException:
@@ -585,7 +592,7 @@ def run_operator_burst(kind: str, hosts: int, nics: int, workdir: Path) -> dict[
     result["objects"] = {
         "network": network_body,
         "pools": pools,
-        "cidr": cidr,
+        "cidrs": cidrs,
         "status": (network or {}).get("status"),
     }
     return result
@@ -644,7 +651,7 @@ def run_baseline(kind: str, objects: dict[str, Any], workdir: Path) -> dict[str,
         install_crds(api)
         network = api.create(objects["network"])
         bodies = []
-        for item in [*objects["pools"], objects["cidr"]]:
+        for item in [*objects["pools"], *objects["cidrs"]]:
             body = {k: v for k, v in item.items() if k != "status"}
             meta = item["metadata"]
             body["metadata"] = {"name": meta["name"], "labels": meta.get("labels", {})}
@@ -727,6 +734,13 @@ def report(kind: str, hosts: int, nics: int, result: dict[str, Any], rss_target:
         f"  operator peak RSS          {operator['peak_rss_mb']:8.1f} MB (target <= {rss_target:g}; "
         f"{operator['peak_rss_mb_after_burst']:.1f} MB after the burst)"
     )
+    shards = operator.get("cidr_shards")
+    if shards:
+        print(
+            f"  plan stored in             {shards['count']:8d} CIDR object(s), largest "
+            f"{shards['largest_bytes'] / 1e6:.2f} MB of {shards['total_bytes'] / 1e6:.2f} MB "
+            "(etcd stores <= 1.5 MiB per object)"
+        )
     cpu = operator["cpu_seconds_until_converged"]
     if cpu["api_server"] is not None:
         print(

@@ -5,14 +5,17 @@ Run (root): ``.venv/bin/python bench/route_join.py`` (10,000 hosts x 8 NICs),
 
 The plan is the real one: ``bench/operator_scale.py``'s hosts and network
 (``host_objects``, ``bench_network``, sized for N + J hosts), planned by
-``IncrementalPlanner``, sent as the operator's ``CIDR`` object in a watch
-event's JSON.  "This" host is ``node-00000``: a fresh network namespace with
+``IncrementalPlanner``, stored as the operator stores it (the ``CIDR`` and
+its shards, ``multinic_core.shards``) and sent as watch events' JSON: all
+shards at first, then the shards a join changed.  "This" host is ``node-00000``: a fresh network namespace with
 K veths eth1..ethK (peers in the same namespace, UP), each with the host's
 hostIP in its masterNet, so that routes via the other hosts' hostIPs are
 accepted.  No packet is sent.  Inside it the agent's real route code runs
-the steps of ``CidrRouteReconciler._reconcile_network``: the event's JSON
-parsed, ``load_resource(CIDR, ...)``, ``host_routes`` and
-``HostRouteTables.reconcile`` (a netlink dump of the table, then the diff).
+the steps of ``CidrRouteReconciler._reconcile``: the events' JSON parsed,
+the shards parsed into models (the unchanged ones come from its cache) and
+merged, ``host_routes`` and ``HostRouteTables.reconcile`` (the first pass
+verifying: a netlink dump of the table, then the diff; a join's pass diffs
+against the last pass, as the agent does on a CIDR change).
 
 1. The initial reconcile of the converged plan: (N - 1) x K routes.
 2. J joins, one at a time: the planner adds one host, the agent gets the new
@@ -70,13 +73,21 @@ from kubernetes import client
 from operator_scale import bench_network, host_objects
 from pyroute2 import IPRoute
 
-from multinic_agent.host_routes import RTPROT_MULTINIC, HostRouteTables
+from multinic_agent.host_routes import RTPROT_MULTINIC
 from multinic_agent.pod_netns import in_netns
 from multinic_agent.route_sync import CidrRouteReconciler
 from multinic_core.incremental import IncrementalPlanner
-from multinic_core.models import CIDR, HostInterface, MultiNicNetwork, load_resource
+from multinic_core.models import (
+    CIDR,
+    CIDRSpec,
+    HostInterface,
+    MultiNicNetwork,
+    ObjectMeta,
+    load_resource,
+)
 from multinic_core.planner import PlanResult, cidr_object
 from multinic_core.routes import HostRoute, host_routes
+from multinic_core.shards import merge_plan, shard_labels, shard_name, split_plan
 
 RESULTS = Path(__file__).parent / "results" / "route_join.json"
 ME = 0
@@ -176,13 +187,49 @@ def hosts_for(count: int, nics: int, start: int = 0) -> list[HostInterface]:
     ]
 
 
-def watch_event(network: MultiNicNetwork, plan: PlanResult, generation: int) -> bytes:
-    """The plan's CIDR object in a watch event, as the agent's watch reads it off the wire."""
-    body = cidr_object(network, plan).to_dict()
-    body["metadata"].update(
-        {"resourceVersion": str(1000 + generation), "generation": generation, "uid": "bench"}
-    )
-    return json.dumps({"type": "MODIFIED", "object": body}, separators=(",", ":")).encode()
+class PlanObjects:
+    """The plan's CIDR shards as the operator stores them (``multinic_core.shards``),
+    and the watch events a new plan sends: one per shard that changed."""
+
+    def __init__(self, network: MultiNicNetwork) -> None:
+        self.network = network
+        self.objects: list[dict[str, Any]] = []
+        self._specs: list[str] = []
+        self._version = 1000
+
+    def update(self, plan: PlanResult) -> list[bytes]:
+        """The events of ``plan``'s shards that differ from the last plan's."""
+        owner = cidr_object(self.network, plan).metadata.owner_references
+        parts = split_plan(plan.spec, at_least=len(self.objects))
+        events = []
+        for index, part in enumerate(parts):
+            spec = part.model_dump_json(exclude_none=True)
+            if index < len(self._specs) and self._specs[index] == spec:
+                continue
+            self._version += 1
+            generation = 1 if index >= len(self.objects) else self._generation(index) + 1
+            body = CIDR(
+                metadata=ObjectMeta(
+                    name=shard_name(self.network.name, index),
+                    labels=shard_labels(self.network.name, index),
+                    owner_references=owner,
+                ),
+                spec=part,
+            ).to_dict()
+            body["metadata"].update(
+                {"resourceVersion": str(self._version), "generation": generation, "uid": "bench"}
+            )
+            event = {"type": "MODIFIED", "object": body}
+            events.append(json.dumps(event, separators=(",", ":")).encode())
+            if index < len(self.objects):
+                self.objects[index], self._specs[index] = body, spec
+            else:
+                self.objects.append(body)
+                self._specs.append(spec)
+        return events
+
+    def _generation(self, index: int) -> int:
+        return int(self.objects[index]["metadata"]["generation"])
 
 
 # --------------------------------------------------------------------------- the agent
@@ -209,25 +256,50 @@ class AgentPass:
         return sum(self.phases.values())
 
 
-def agent_pass(tables: HostRouteTables, node: str, event: bytes) -> AgentPass:
-    """What ``CidrRouteReconciler`` does with one CIDR event (its ``_reconcile_network``)."""
-    result = AgentPass(plan_bytes=len(event))
-    spent, obj = timed(lambda: json.loads(event)["object"])
+def agent_pass(
+    reconciler: CidrRouteReconciler,
+    node: str,
+    events: list[bytes],
+    current: dict[str, dict[str, Any]],
+    *,
+    verify: bool,
+) -> AgentPass:
+    """What ``CidrRouteReconciler`` does with the CIDR events of one plan change.
+
+    Its ``_reconcile``: the events' JSON parsed (what its watch does), the
+    network's shards parsed into models (only the changed ones: the others
+    are cached by resourceVersion) and merged, then ``_reconcile_network``.
+    ``current``: the agent's watch cache (CIDRs by name), brought up to date.
+    ``verify``: read the table back from the kernel (the agent's first pass
+    and periodic resync) or diff against its last pass (a CIDR change).
+    """
+    result = AgentPass(plan_bytes=sum(len(e) for e in events))
+    spent, objs = timed(lambda: [json.loads(e)["object"] for e in events])
+    for obj in objs:
+        current[obj["metadata"]["name"]] = obj
     result.phases["parse_json"] = spent
     result.rss_mb["parse_json"] = rss_mb()
-    spent, cidr = timed(lambda: load_resource(CIDR, obj))
-    result.phases["load_resource"] = spent
-    result.rss_mb["load_resource"] = rss_mb()
+
+    def merged() -> tuple[str, CIDRSpec]:
+        ((name, parts),) = reconciler._plans(list(current.values())).items()
+        return name, merge_plan(name, [reconciler._parsed(o).spec for o in parts.values()])
+
+    spent, (network, spec) = timed(merged)
+    result.phases["load_and_merge"] = spent
+    result.rss_mb["load_and_merge"] = rss_mb()
 
     def routes_of() -> list[HostRoute]:
-        in_plan = any(h.host_name == node for e in cidr.spec.cidr for h in e.hosts)
+        in_plan = any(h.host_name == node for e in spec.cidr for h in e.hosts)
         assert in_plan, f"{node} is not in the plan"
-        return host_routes(cidr.spec, node)
+        return host_routes(spec, node)
 
     spent, routes = timed(routes_of)
     result.phases["host_routes"] = spent
     result.rss_mb["host_routes"] = rss_mb()
-    spent, sync = timed(lambda: tables.reconcile(cidr.name, cidr.spec.config.subnet, routes))
+    tables = reconciler.tables
+    spent, sync = timed(
+        lambda: tables.reconcile(network, spec.config.subnet, routes, verify=verify)
+    )
     result.phases["tables_reconcile"] = spent
     result.rss_mb["tables_reconcile"] = rss_mb()
     result.routes = len(routes)
@@ -309,6 +381,8 @@ class Run:
     dump_s: list[float] = field(default_factory=list)
     plan_s: list[float] = field(default_factory=list)
     resync_s: float = 0.0
+    shards: int = 0
+    shards_changed: list[int] = field(default_factory=list)
     setup_s: dict[str, float] = field(default_factory=dict)
 
 
@@ -321,7 +395,8 @@ def run_bench(hosts: int, nics: int, joins: int, state_dir: Path) -> Run:
     planner = IncrementalPlanner.for_network(network, members)
     plan = planner.result()
     assert not plan.problems, plan.problems[:3]
-    event = watch_event(network, plan, 1)
+    stored = PlanObjects(network)
+    events = stored.update(plan)
     run.setup_s["plan"] = time.perf_counter() - started
     run.rss["after_plan"] = rss_mb()
     me = members[ME]
@@ -329,11 +404,13 @@ def run_bench(hosts: int, nics: int, joins: int, state_dir: Path) -> Run:
     started = time.perf_counter()
     setup_netns(nics, me)
     run.setup_s["netns"] = time.perf_counter() - started
-    tables = HostRouteTables(state_dir)
+    reconciler = CidrRouteReconciler(client.ApiClient(), node, state_dir)
+    tables = reconciler.tables
+    watched: dict[str, dict[str, Any]] = {}
 
     def initial() -> AgentPass:
         run.initial_baseline_s = initial_baselines(host_routes(plan.spec, node))
-        return agent_pass(tables, node, event)
+        return agent_pass(reconciler, node, events, watched, verify=True)
 
     run.initial = in_netns(NETNS_PATH, initial)
     table = run.initial.table
@@ -341,21 +418,22 @@ def run_bench(hosts: int, nics: int, joins: int, state_dir: Path) -> Run:
     run.checks["initial_routes_in_table"] = len(table_dump(table))
     run.checks["initial_routes_expected"] = (hosts - 1) * nics
 
-    for number, newcomer in enumerate(hosts_for(joins, nics, start=hosts), start=1):
+    for newcomer in hosts_for(joins, nics, start=hosts):
         previous = {r.dst for r in host_routes(plan.spec, node)}
         spent, _ = timed(lambda host=newcomer: planner.add_host(host))  # type: ignore[misc]
         plan = planner.result()
         run.plan_s.append(spent)
-        event = watch_event(network, plan, 1 + number)
+        changed = stored.update(plan)
+        run.shards_changed.append(len(changed))
         new_routes = [r for r in host_routes(plan.spec, node) if r.dst not in previous]
 
-        def join(new: list[HostRoute] = new_routes, body: bytes = event) -> AgentPass:
+        def join(new: list[HostRoute] = new_routes, body: list[bytes] = changed) -> AgentPass:
             spent, opened = baseline_add(new, table)
             run.baseline_s.append(spent)
             run.baseline_open_s.append(opened)
             delete_routes(new, table)
             before = table_dump(table)
-            result = agent_pass(tables, node, body)
+            result = agent_pass(reconciler, node, body, watched, verify=False)
             run.changes.append(route_changes(before, table_dump(table)))
             run.dump_s.append(timed(lambda: tables.current_routes(table))[0])
             return result
@@ -363,17 +441,26 @@ def run_bench(hosts: int, nics: int, joins: int, state_dir: Path) -> Run:
         run.joined.append(in_netns(NETNS_PATH, join))
     run.rss["after_joins"] = rss_mb()
 
-    reconciler = CidrRouteReconciler(client.ApiClient(), node, state_dir)
-    reconciler.tables = tables
-    last = json.loads(watch_event(network, plan, 1 + joins))["object"]
-    before = in_netns(NETNS_PATH, lambda: table_dump(table))
-    run.resync_s, statuses = timed(
-        lambda: in_netns(NETNS_PATH, lambda: reconciler._reconcile([last]))
-    )
-    run.checks["resync_status"] = statuses[network.name].status
-    run.checks["resync_changes"] = route_changes(before, table_dump(table))
+    resync(run, reconciler, stored.objects, table, network.name)
     run.rss["peak"] = peak_rss_mb()
     return run
+
+
+def resync(
+    run: Run,
+    reconciler: CidrRouteReconciler,
+    objects: list[dict[str, Any]],
+    table: int,
+    network: str,
+) -> None:
+    """The agent's periodic pass on an unchanged plan: the real ``_reconcile``."""
+    run.shards = len(objects)
+    before = in_netns(NETNS_PATH, lambda: table_dump(table))
+    run.resync_s, statuses = timed(
+        lambda: in_netns(NETNS_PATH, lambda: reconciler._reconcile(list(objects)))
+    )
+    run.checks["resync_status"] = statuses[network].status
+    run.checks["resync_changes"] = route_changes(before, table_dump(table))
 
 
 def median(values: list[float]) -> float:
@@ -431,6 +518,7 @@ def results_of(run: Run, quick: bool) -> dict[str, Any]:
         },
         "join": {
             "plan_bytes": [p.plan_bytes for p in run.joined],
+            "shards_changed": run.shards_changed,
             "planner_add_host_s": [round(s, 6) for s in run.plan_s],
             "agent_s": [round(p.total, 6) for p in run.joined],
             "rss_mb_after_each_join": [p.rss_mb["tables_reconcile"] for p in run.joined],
@@ -444,6 +532,7 @@ def results_of(run: Run, quick: bool) -> dict[str, Any]:
             "ratio_vs_baseline": round(agent / baseline, 1) if baseline else None,
         },
         "resync_no_change_s": round(run.resync_s, 4),
+        "cidr_shards": run.shards,
         "rss_mb": run.rss,
         "checks": checks,
     }
@@ -462,7 +551,10 @@ def report(results: dict[str, Any]) -> None:
         f"ip -batch {base['ip_batch_s']:.2f} s (ratio {init['ratio_vs_ip_batch']}x)"
     )
     print(f"one join ({results['joins']} joins, the median one):")
-    print(f"  plan bytes per event       {join['plan_bytes'][-1]:>12,d}")
+    print(
+        f"  plan bytes sent            {join['plan_bytes'][-1]:>12,d} "
+        f"({join['shards_changed'][-1]} of {results['cidr_shards']} CIDR shards changed)"
+    )
     for name, seconds in join["agent_phases_of_median_join_s"].items():
         print(f"  agent {name:20s} {seconds * 1000:12.3f} ms")
     print(f"  agent total                {join['agent_median_s'] * 1000:12.3f} ms")
