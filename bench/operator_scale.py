@@ -568,10 +568,11 @@ def run_operator_burst(kind: str, hosts: int, nics: int, workdir: Path) -> dict[
         cidrs = [c for c in api.list(API, "CIDR") if shard_of(c["metadata"])[0] == "bench"]
         network = api.get(API, "MultiNicNetwork", "bench")
         assert server.counter is not None
+        sizes = [len(json.dumps(c["spec"])) for c in cidrs]
         result["cidr_shards"] = {
-            "count": len(cidrs),
-            "largest_bytes": max((len(json.dumps(c["spec"])) for c in cidrs), default=0),
-            "total_bytes": sum(len(json.dumps(c["spec"])) for c in cidrs),
+            "count": len(sizes),
+            "largest_bytes": max(sizes, default=0),
+            "total_bytes": sum(sizes),
         }
         result["one_join"] = one_join(api, server.counter, log_path, hosts, nics)
         result["peak_rss_mb"] = round(peak_rss_mb(operator.pid), 1)

@@ -21,6 +21,7 @@ from multinic_core.shards import (
     hosts_per_shard,
     merge_plan,
     plan_generation,
+    same_models,
     shard_labels,
     shard_name,
     shard_of,
@@ -173,3 +174,25 @@ def test_a_plan_with_a_shard_missing_is_not_merged() -> None:
     with pytest.raises(ShardMismatch, match="no CIDR demo"):
         merge_plan("demo", parts[1:], [1, 2])
     assert as_json(merge_plan("demo", parts, [0, 1, 2])) == as_json(plan([[1, 9, 17]]))
+
+
+def test_unchanged_shards_are_told_by_their_models() -> None:
+    """What lets the operator skip encoding the shards a join did not touch."""
+    before = split_plan(plan([[1, 9, 17]]), 8)
+    whole = plan([[1, 9, 17]])
+    grown = whole.model_copy(
+        update={
+            "cidr": [
+                whole.cidr[0].model_copy(
+                    update={"hosts": [*before[0].cidr[0].hosts, *whole.cidr[0].hosts[1:]]}
+                )
+            ]
+        }
+    )
+    after = split_plan(grown, 8, at_least=3)
+    assert same_models(before[0], after[0])
+    # Equal content made of other objects is not claimed to be the same.
+    assert as_json(before[1]) == as_json(after[1])
+    assert not same_models(before[1], after[1])
+    joined = split_plan(plan([[1, 2, 9, 17]]), 8)
+    assert not same_models(before[0], joined[0])

@@ -266,17 +266,29 @@ def _route(
     found[key] = (socket.inet_ntop(family, gateway) if gateway else "", oif)
 
 
+@dataclass(frozen=True)
+class _Applied:
+    """A table as a reconcile without errors left it: what ``reconcile(verify=False)``
+    diffs against instead of a dump of the kernel's table."""
+
+    routes: Mapping[str, HostRoute]
+    """The validated routes, by destination."""
+    indexes: Mapping[str, int]
+    """Their devices' interface indexes then."""
+
+    def table(self) -> dict[str, tuple[str, int]]:
+        """As ``HostRouteTables.current_routes`` would read it: dst -> (gateway, oif)."""
+        return {dst: (r.gateway, self.indexes[r.device]) for dst, r in self.routes.items()}
+
+
 class HostRouteTables:
     """Reconciles this host's multinic routing tables and rules."""
 
     def __init__(self, state_dir: Path, netns: str | None = None) -> None:
         self.registry = TableRegistry.load(state_dir / "route-tables.json")
         self.netns = netns
-        self._checked: dict[int, frozenset[HostRoute]] = {}
-        """Per table: the routes its last reconcile validated (not checked again)."""
-        self._known: dict[int, dict[str, tuple[str, int]]] = {}
-        """Per table: its routes as the last reconcile without errors left them
-        (what ``reconcile(verify=False)`` diffs against instead of a dump)."""
+        self._applied: dict[str, _Applied] = {}
+        """Per network: its table as the last reconcile without errors left it."""
 
     def _ipr(self) -> IPRoute:
         if self.netns:
@@ -327,18 +339,17 @@ class HostRouteTables:
         repaired by the next verifying pass (the agent's periodic resync).
         """
         _check_network(network)
-        checked = self._checked.get(self.registry.tables.get(network, 0), frozenset())
-        desired = {r.dst: r if r in checked else _check_route(r) for r in routes}
+        last = self._applied.pop(network, None)  # until this pass is done
+        seen = last.routes if last is not None else {}
+        # Routes validated by the last pass are not checked again.
+        desired = {r.dst: r if seen.get(r.dst) == r else _check_route(r) for r in routes}
         if len(desired) != len(routes):
             raise RouteTableError(f"network {network}: two routes for one destination")
         if subnet:
             netaddr.IPNetwork(subnet)  # raises on garbage before anything is changed
         table = self.registry.table_for(network)
         check_table(table)
-        self._checked[table] = frozenset(routes)
-        known = None if verify else self._known.get(table)
-        current = known if known is not None else self.current_routes(table)
-        self._known.pop(table, None)  # until this pass is done
+        current = self.current_routes(table) if verify or last is None else last.table()
         added: list[str] = []
         replaced: list[str] = []
         removed: list[str] = []
@@ -380,9 +391,7 @@ class HostRouteTables:
                 removed.append(f"{dst} via {gateway}")
         self._reconcile_rule(table, subnet, errors)
         if not errors:
-            self._known[table] = {
-                dst: (route.gateway, indexes[route.device]) for dst, route in desired.items()
-            }
+            self._applied[network] = _Applied(desired, indexes)
         result = RouteSync(
             network, table, tuple(added), tuple(replaced), tuple(removed), kept, tuple(errors)
         )
@@ -400,8 +409,7 @@ class HostRouteTables:
         if network not in self.registry.tables:
             return RouteSync(network, 0)
         result = self.reconcile(network, "", [])
-        self._known.pop(result.table, None)
-        self._checked.pop(result.table, None)
+        self._applied.pop(network, None)
         self.registry.release(network)
         return result
 

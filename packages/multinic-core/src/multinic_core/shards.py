@@ -156,6 +156,27 @@ def merge_plan(
     )
 
 
+def same_models(a: CIDRSpec, b: CIDRSpec) -> bool:
+    """Whether ``b`` is ``a`` made of the same host models: the same config and
+    entries, each entry's hosts the very same objects in the same order.
+
+    A planner shares the models of the hosts that did not change, so two plans'
+    unchanged shards compare so without being encoded.  False says nothing.
+    """
+    if a.config != b.config or len(a.cidr) != len(b.cidr):
+        return False
+    for old, new in zip(a.cidr, b.cidr, strict=True):
+        if (old.interface_index, old.net_address, old.vlan_cidr) != (
+            new.interface_index,
+            new.net_address,
+            new.vlan_cidr,
+        ) or len(old.hosts) != len(new.hosts):
+            return False
+        if not all(x is y for x, y in zip(old.hosts, new.hosts, strict=True)):
+            return False
+    return True
+
+
 def _with(model: M, **update: Any) -> M:
     """A shallow copy of ``model`` with ``update``: also of a compacted one
     (``models.compact``: its field set is frozen, which ``model_copy`` updates)."""

@@ -16,6 +16,7 @@ API error aborts the reconcile before any delete (the caller retries later).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import gc
 import hashlib
 import json
@@ -60,6 +61,7 @@ from multinic_core.shards import (
     ShardMismatch,
     merge_plan,
     plan_generation,
+    same_models,
     shard_labels,
     shard_name,
     split_plan,
@@ -175,9 +177,8 @@ class NetworkReconciler:
         self._planners: dict[str, tuple[IncrementalPlanner, tuple[str, ...], int | None]] = {}
         """Per network: its planner, the resourceVersions of the CIDR shards it last
         wrote and the view's ``hosts_version()`` of the hosts it was brought to."""
-        self._cidr_written: dict[str, dict[int, tuple[str, str, list[str]]]] = {}
-        """Per network, per shard: (resourceVersion, digest of the spec, status
-        problems) of the CIDR as this reconciler wrote it."""
+        self._cidr_written: dict[str, dict[int, _Written]] = {}
+        """Per network, per shard: the CIDR as this reconciler wrote it."""
         self._pools_checked: dict[str, dict[str, tuple[str, HostInterfaceInfo]]] = {}
         """Per network, per IPPool found equal to its plan block: (its resourceVersion, the block)."""
 
@@ -301,8 +302,7 @@ class NetworkReconciler:
                 for obj in self._existing_dependents(api_version, kind, name):
                     meta = obj["metadata"]
                     self.api.delete(api_version, kind, meta["name"], meta.get("namespace"))
-            for shard in sorted(live.cidr_shards(name), reverse=True):
-                self._delete(API_VERSION, "CIDR", shard_name(name, shard))
+            self._delete_plan(name, live.cidr_shards(name))
             log.info("network %s: cleaned up its CIDR, IPPools, NADs and driver objects", name)
 
     # ------------------------------------------------------------------ one network
@@ -440,8 +440,7 @@ class NetworkReconciler:
             self._planners.pop(network.name, None)
             self._cidr_written.pop(network.name, None)
             self._apply_pools(network.name, None)
-            for shard in sorted(self.view.cidr_shards(network.name), reverse=True):
-                self._delete(API_VERSION, "CIDR", shard_name(network.name, shard))
+            self._delete_plan(network.name, self.view.cidr_shards(network.name))
         inputs.problems.extend(self._apply_nads(network, attachment, config))
         self._apply_dependents(body, network, dependents)
         inputs.routes = (
@@ -554,7 +553,9 @@ class NetworkReconciler:
             problems = list((base.get("status") or {}).get("problems") or [])
         else:
             mine = written.get(0)
-            problems = mine[2] if mine is not None and mine[0] == _version_of(base) else None
+            problems = (
+                mine.problems if mine is not None and mine.version == _version_of(base) else None
+            )
         stored: dict[int, dict[str, Any]] = {}
         for index, part in enumerate(parts):
             stored[index] = self._apply_shard(
@@ -566,7 +567,9 @@ class NetworkReconciler:
                     API_VERSION, "CIDR", name, {"status": status}, status=True, metadata_only=True
                 )
             )
-        written[0] = (_version_of(stored[0]), written[0][1], list(status["problems"]))
+        written[0] = dataclasses.replace(
+            written[0], version=_version_of(stored[0]), problems=list(status["problems"])
+        )
         return stored
 
     def _apply_shard(
@@ -577,15 +580,26 @@ class NetworkReconciler:
         owners: list[Any],
         *,
         existing: dict[str, Any] | None,
-        written: dict[int, tuple[str, str, list[str]]],
+        written: dict[int, _Written],
     ) -> dict[str, Any]:
-        """Create or patch one CIDR shard; its metadata as stored."""
+        """Create or patch one CIDR shard; its metadata as stored.
+
+        A shard this reconciler wrote, still at that version, whose part of
+        the plan is made of the same models (the planner keeps those of the
+        hosts that did not change) is left as it is without being encoded:
+        a join at 10,000 hosts encodes its own shard, not all 20.
+        """
         name = shard_name(network, index)
+        mine = written.get(index)
+        version = _version_of(existing) if existing is not None else ""
+        ours = mine is not None and mine.version == version
+        if existing is not None and ours and mine is not None and same_models(mine.part, part):
+            written[index] = dataclasses.replace(mine, part=part)
+            return _cidr_metadata(existing)
         # Encoded straight from the models (no dicts of the whole plan on the way).
         spec = part.model_dump_json(exclude_none=True).encode()
         digest = _digest(spec)
         size = len(spec)
-        mine = written.get(index)
         if existing is None:
             body = CIDR(
                 metadata=ObjectMeta(
@@ -600,14 +614,12 @@ class NetworkReconciler:
             )
             del body
             log.info("network %s: created CIDR %s", network, name)
-            written[index] = (_version_of(stored), digest, [])
+            written[index] = _Written(_version_of(stored), digest, [], part)
             return stored
-        version = _version_of(existing)
-        ours = mine is not None and mine[0] == version
         patch: dict[str, Any] | bytes | None
         if "spec" in existing:
             patch = cidr_spec_patch(existing, part)
-        elif ours and mine is not None and mine[1] == digest:
+        elif ours and mine is not None and mine.digest == digest:
             patch = None  # the shard this reconciler wrote, unchanged
         else:
             guard = json.dumps({"resourceVersion": version}).encode()
@@ -624,7 +636,9 @@ class NetworkReconciler:
             )
             del patch, change
             log.info("network %s: updated CIDR %s", network, name)
-        written[index] = (_version_of(stored), digest, mine[2] if mine is not None else [])
+        written[index] = _Written(
+            _version_of(stored), digest, mine.problems if mine is not None else [], part
+        )
         return stored
 
     def _write_cidr(
@@ -653,7 +667,7 @@ class NetworkReconciler:
             if "spec" in body:
                 continue
             mine = written.get(index)
-            if mine is not None and mine[0] == _version_of(body):
+            if mine is not None and mine.version == _version_of(body):
                 continue
             whole = self.api.get(API_VERSION, "CIDR", shard_name(network, index))
             if whole is None:
@@ -661,6 +675,11 @@ class NetworkReconciler:
             else:
                 shards[index] = whole
         return shards
+
+    def _delete_plan(self, network: str, shards: Iterable[int]) -> None:
+        """Delete the network's CIDR shards, the CIDR named after it last."""
+        for shard in sorted(shards, reverse=True):
+            self._delete(API_VERSION, "CIDR", shard_name(network, shard))
 
     def _cidr_stored(self, answer: dict[str, Any]) -> dict[str, Any]:
         """A metadata-only answer about a CIDR: the view sees it; the CIDR's metadata."""
@@ -1010,6 +1029,20 @@ class HeapSettler:
             gc.unfreeze()
         gc.collect()
         gc.freeze()
+
+
+@dataclass(frozen=True)
+class _Written:
+    """A CIDR shard as this reconciler wrote it."""
+
+    version: str
+    """Its resourceVersion then."""
+    digest: str
+    """Of its spec's JSON."""
+    problems: list[str]
+    """Its status problems (shard 0's)."""
+    part: CIDRSpec
+    """The plan's part it holds (``same_models`` tells an unchanged one)."""
 
 
 def _shard_versions(shards: Mapping[int, Mapping[str, Any]]) -> tuple[str, ...]:
