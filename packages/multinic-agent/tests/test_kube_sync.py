@@ -301,6 +301,12 @@ def test_host_interface_follows_the_nics(
             10,
             "eth1 back with its new network",
         )
+        # The sync that wrote the spec writes the discovery time after it (a
+        # second write on a real server): let that sync finish first. An event
+        # makes sure a sync ends after this point.
+        syncs = sync.syncs
+        ip("-n", host_netns, "link", "set", "eth2p", "mtu", "1450")
+        wait_for(lambda: sync.syncs > syncs, 10, "the sync that wrote eth1 to finish")
         # Nothing changed: the object is not written again.
         before = objects.get("hostinterfaces", node)
         assert before is not None
