@@ -25,6 +25,7 @@ from multinic_core.shards import (
     shard_labels,
     shard_name,
     shard_of,
+    shard_owner,
     split_plan,
 )
 
@@ -196,3 +197,18 @@ def test_unchanged_shards_are_told_by_their_models() -> None:
     assert not same_models(before[1], after[1])
     joined = split_plan(plan([[1, 2, 9, 17]]), 8)
     assert not same_models(before[0], joined[0])
+
+
+def test_shard_names_are_known_as_such() -> None:
+    assert shard_owner(shard_name("demo", 3)) == ("demo", 3)
+    assert shard_owner("a.b.shard-12") == ("a.b", 12)
+    # Names a shard never has: shard 0 is the network's own name, no leading zeros.
+    for name in (
+        "demo",
+        "demo.shard-0",
+        "demo.shard-01",
+        "demo.shard-",
+        ".shard-1",
+        "demo-shard-1",
+    ):
+        assert shard_owner(name) is None, name

@@ -131,3 +131,68 @@ def test_a_large_plan_is_kept_in_shards_and_a_join_rewrites_one(
         cluster.api.delete(API, "MultiNicNetwork", "demo")
         cluster.wait(lambda: cluster.network() is None, "network deleted after cleanup")
     assert cluster.api.list(API, "CIDR") == []
+
+
+def test_a_network_named_like_a_shard_is_refused(cluster: Any, operator_runner: Any) -> None:
+    """``demo.shard-1`` is the name of shard 1 of demo's plan: no network may take it."""
+    cluster.add_host("node1")
+    with operator_runner():
+        cluster.create(network_body("demo.shard-1"))
+        cluster.wait(
+            lambda: cluster.status("demo.shard-1").get("configStatus") == "Failed",
+            "the network refused",
+        )
+        status = cluster.status("demo.shard-1")
+        assert [c["reason"] for c in status["conditions"]] == ["ReservedName"]
+        assert "CIDR shard 1 of network demo's plan" in status["message"]
+        # Nothing is planned for it: no CIDR, no IPPools.
+        assert cluster.api.list(API, "CIDR") == []
+        assert cluster.pools("demo.shard-1") == {}
+
+
+def test_a_shard_name_held_by_another_object_fails_clearly_and_stays_untouched(
+    cluster: Any, operator_runner: Any
+) -> None:
+    cluster.add_host("node1")
+    with operator_runner(shard_entries=ENTRIES):
+        cluster.create(network_body())
+        cluster.wait(lambda: len(cluster.pools()) == 2, "node1 planned in one shard")
+        assert list(cluster.cidr_shards()) == ["demo"]
+        # Someone else's CIDR (no shard labels) holds the name of shard 1.
+        plan = cluster.cidr()
+        assert plan is not None
+        cluster.create(
+            {
+                "apiVersion": API,
+                "kind": "CIDR",
+                "metadata": {"name": "demo.shard-1"},
+                "spec": plan["spec"],
+            }
+        )
+        foreign = cluster.api.get(API, "CIDR", "demo.shard-1")
+        assert foreign is not None
+
+        for host in ("node2", "node3"):  # blocks beyond the 2 of shard 0 on each NIC
+            cluster.add_host(host)
+        cluster.wait(
+            lambda: cluster.status().get("configStatus") == "Failed", "the network failed clearly"
+        )
+        status = cluster.status()
+        assert [c["reason"] for c in status["conditions"]] == ["CIDRNameTaken"]
+        assert (
+            "CIDR demo.shard-1 exists and is not shard 1 of network demo's plan"
+            in (status["message"])
+        )
+        after = cluster.api.get(API, "CIDR", "demo.shard-1")
+        assert after is not None
+        assert after["metadata"]["resourceVersion"] == foreign["metadata"]["resourceVersion"]
+        assert len(cluster.pools()) == 2  # nothing allocated from a half-written plan
+
+        # Once the name is free, the shard is made and the hosts planned.
+        cluster.api.delete(API, "CIDR", "demo.shard-1")
+        cluster.add_host("node4")  # a change for the operator to act on
+        cluster.wait(lambda: len(cluster.pools()) == 8, "node2, node3 and node4 planned")
+        assert cluster.status()["configStatus"] == "Success"
+        shard = cluster.cidr_shards()["demo.shard-1"]
+        assert shard_of(shard["metadata"]) == ("demo", 1)
+        assert _merged(cluster) == _from_scratch(cluster)

@@ -63,6 +63,19 @@ def shard_labels(network: str, index: int) -> dict[str, str]:
     return labels
 
 
+def shard_owner(name: str) -> tuple[str, int] | None:
+    """(network, index) when ``name`` is the name of a shard ``k`` >= 1 of a plan.
+
+    Such a name (``<network>.shard-<k>``) is reserved for that shard: a
+    network of that name would share its CIDR with another network's shard.
+    """
+    network, found, number = name.rpartition(_SUFFIX)
+    if not found or not network or not number.isdigit() or number != str(int(number)):
+        return None
+    index = int(number)
+    return (network, index) if index >= 1 else None
+
+
 def shard_of(metadata: Mapping[str, Any]) -> tuple[str, int]:
     """(network, shard index) of a CIDR object's metadata.
 

@@ -64,6 +64,8 @@ from multinic_core.shards import (
     same_models,
     shard_labels,
     shard_name,
+    shard_of,
+    shard_owner,
     split_plan,
 )
 from multinic_operator.cache import ClusterView, LiveView, PoolBodies, pools_holding
@@ -317,6 +319,16 @@ class NetworkReconciler:
             network = load_resource(MultiNicNetwork, body)
         except ConfigError as e:
             return self._fail(body, result, str(e), "InvalidSpec")
+        owner = shard_owner(name)
+        if owner is not None:
+            return self._fail(
+                body,
+                result,
+                f"the name {name} is reserved: it is the name of CIDR shard {owner[1]} of "
+                f"network {owner[0]}'s plan, which this network's CIDR would share; "
+                "give the network another name",
+                "ReservedName",
+            )
         try:
             driver = self.registry.main_plugin(network.spec.plugin.type)
         except PluginError as e:
@@ -329,6 +341,8 @@ class NetworkReconciler:
         except PlanTooLarge as e:
             # Retrying cannot help: the user has to act (or hosts leave).
             return self._fail(body, result, str(e), "PlanTooLarge")
+        except CIDRNameTaken as e:
+            return self._fail(body, result, str(e), "CIDRNameTaken")
         except KubeApiError as e:
             if e.transient:
                 raise
@@ -609,13 +623,21 @@ class NetworkReconciler:
                 ),
                 spec=part,
             ).to_dict()
-            stored = self._write_cidr(
-                name, part, size, lambda: self.api.create(body, metadata_only=True)
-            )
-            del body
-            log.info("network %s: created CIDR %s", network, name)
-            written[index] = _Written(_version_of(stored), digest, [], part)
-            return stored
+            try:
+                stored = self._write_cidr(
+                    name, part, size, lambda: self.api.create(body, metadata_only=True)
+                )
+            except KubeApiError as e:
+                if not e.conflict:
+                    raise
+                existing = self._shard_found(network, index, e)
+                ours = False
+            else:
+                log.info("network %s: created CIDR %s", network, name)
+                written[index] = _Written(_version_of(stored), digest, [], part)
+                return stored
+            finally:
+                del body
         patch: dict[str, Any] | bytes | None
         if "spec" in existing:
             patch = cidr_spec_patch(existing, part)
@@ -640,6 +662,22 @@ class NetworkReconciler:
             _version_of(stored), digest, mine.problems if mine is not None else [], part
         )
         return stored
+
+    def _shard_found(self, network: str, index: int, error: KubeApiError) -> dict[str, Any]:
+        """The shard a create found existing (written meanwhile, not yet in the view).
+
+        Raises ``CIDRNameTaken`` when the CIDR of that name is not this shard.
+        """
+        name = shard_name(network, index)
+        found = self.api.get(API_VERSION, "CIDR", name)
+        if found is not None and shard_of(found.get("metadata") or {}) == (network, index):
+            return found
+        labels = ", ".join(f"{k}={v}" for k, v in shard_labels(network, index).items())
+        raise CIDRNameTaken(
+            f"CIDR {name} exists and is not shard {index} of network {network}'s plan "
+            f"(it lacks the labels {labels}): the hosts of that shard are not planned "
+            "until it is deleted or renamed"
+        ) from error
 
     def _write_cidr(
         self, name: str, part: CIDRSpec, size: int, write: Callable[[], dict[str, Any]]
@@ -979,6 +1017,10 @@ class NetworkReconciler:
                 pending.append(pool.submit(action, item))
             while pending:
                 pending.popleft().result()
+
+
+class CIDRNameTaken(MultinicError):
+    """A CIDR shard's name is held by an object that is not that shard."""
 
 
 class PlanTooLarge(MultinicError):
