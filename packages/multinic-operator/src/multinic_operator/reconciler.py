@@ -176,7 +176,7 @@ class NetworkReconciler:
         self._heap = HeapSettler()
         self._seconds: dict[str, float] = {}
         """The last reconcile's other phases (``ReconcileResult.seconds``)."""
-        self._planners: dict[str, tuple[IncrementalPlanner, tuple[str, ...], int | None]] = {}
+        self._planners: dict[str, tuple[IncrementalPlanner, dict[int, str], int | None]] = {}
         """Per network: its planner, the resourceVersions of the CIDR shards it last
         wrote and the view's ``hosts_version()`` of the hosts it was brought to."""
         self._cidr_written: dict[str, dict[int, _Written]] = {}
@@ -433,7 +433,7 @@ class NetworkReconciler:
             self.plan_seconds = time.perf_counter() - planning
             stored = self._apply_cidr(network, plan, shards)
             versions = _shard_versions(stored)
-            if all(versions):
+            if all(versions.values()):
                 self._planners[network.name] = (planner, versions, snapshot.version)
             cidr_generation = plan_generation(
                 [stored[i]["metadata"].get("generation") for i in sorted(stored)]
@@ -489,14 +489,17 @@ class NetworkReconciler:
         resourceVersions) and the network's plan inputs are the same; anything
         else (a restart, a spec change, someone else's write) plans from
         scratch from the CIDR shards as they are.  Both give the same plan.
+        A shard deleted by hand is no reason to replan: the planner knows its
+        hosts' blocks (planning without them would move those hosts), and
+        the shard is written again.
         """
         config = plugin_config(network)
         cached = self._planners.pop(network.name, None)
         versions = _shard_versions(shards)
         if (
             cached is not None
-            and all(versions)
-            and cached[1] == versions
+            and all(versions.values())
+            and versions.items() <= cached[1].items()
             and cached[0].config == config
         ):
             planner, _, planned_at = cached
@@ -1087,9 +1090,9 @@ class _Written:
     """The plan's part it holds (``same_models`` tells an unchanged one)."""
 
 
-def _shard_versions(shards: Mapping[int, Mapping[str, Any]]) -> tuple[str, ...]:
-    """The resourceVersions of a plan's CIDR shards, in shard order."""
-    return tuple(_version_of(shards[i]) for i in sorted(shards))
+def _shard_versions(shards: Mapping[int, Mapping[str, Any]]) -> dict[int, str]:
+    """The resourceVersions of a plan's CIDR shards by shard index."""
+    return {index: _version_of(body) for index, body in shards.items()}
 
 
 def _cidr_metadata(body: Mapping[str, Any]) -> dict[str, Any]:
