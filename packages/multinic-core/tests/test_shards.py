@@ -21,6 +21,7 @@ from multinic_core.shards import (
     hosts_per_shard,
     merge_plan,
     plan_generation,
+    restore_lost,
     same_models,
     shard_labels,
     shard_name,
@@ -212,3 +213,57 @@ def test_shard_names_are_known_as_such() -> None:
         "demo-shard-1",
     ):
         assert shard_owner(name) is None, name
+
+
+def _blocks(spec: CIDRSpec) -> list[tuple[str, str, str, str, str]]:
+    """What the IPPools of ``spec`` hold: (name, vlanCIDR, podCIDR, host, interface)."""
+    return [
+        (h.ippool, e.vlan_cidr, h.pod_cidr, h.host_name, h.interface_name)
+        for e in spec.cidr
+        for h in e.hosts
+    ]
+
+
+def _ips(spec: CIDRSpec) -> Any:
+    ips = {(h.host_name, h.interface_name): h.host_ip for e in spec.cidr for h in e.hosts}
+    return lambda host, interface: ips.get((host, interface))
+
+
+@BOUNDED
+@given(st.lists(indexes, min_size=1, max_size=3), st.data())
+def test_a_lost_shard_is_rebuilt_from_the_pools_exactly(
+    entries: list[list[int]], data: st.DataObject
+) -> None:
+    whole = plan(entries)
+    parts = split_plan(whole, budget=16)
+    lost = data.draw(st.integers(min_value=0, max_value=len(parts) - 1))
+    kept = [k for k in range(len(parts)) if k != lost]
+    if not kept:
+        return
+    merged = merge_plan("demo", [parts[k] for k in kept])  # what the other shards hold
+    rebuilt, count = restore_lost(merged, kept, _blocks(whole), _ips(whole), budget=16)
+    assert as_json(rebuilt) == as_json(whole)
+    assert count == sum(len(e.hosts) for e in parts[lost].cidr)
+
+
+def test_only_blocks_of_missing_shards_that_fit_go_back() -> None:
+    whole = plan([[0, 1, 2, 5], [0, 3]])  # 16 entries / 2: 8 hosts per shard
+    stale = [
+        ("p-a", "192.168.0.0/20", "192.168.0.48/28", "node-3", "eth1"),  # index 3: shard 0 found
+        ("p-b", "192.168.0.0/20", "192.168.0.136/28", "node-40", "eth1"),  # not a block start
+        ("p-c", "10.9.0.0/20", "10.9.0.144/28", "node-41", "eth1"),  # no such vlanCIDR
+        ("p-d", "192.168.0.0/20", "192.168.0.144/28", "node-42", "eth1"),  # gone host
+        ("p-e", "192.168.0.0/20", "192.168.0.160/28", "node-43", "eth1"),  # index 10: shard 1
+    ]
+    ips = {("node-43", "eth1"): "10.0.0.99", ("node-3", "eth1"): "10.0.0.4"}
+    rebuilt, count = restore_lost(
+        whole, [0], stale, lambda h, i: ips.get((h, i)) or None, budget=16
+    )
+    assert count == 1
+    added = [h for h in rebuilt.cidr[0].hosts if h.host_name == "node-43"]
+    assert [(h.host_index, h.pod_cidr, h.host_ip, h.ippool) for h in added] == [
+        (10, "192.168.0.160/28", "10.0.0.99", "p-e")
+    ]
+    assert as_json(restore_lost(whole, [0, 1], stale, lambda h, i: "1.1.1.1", budget=16)[0]) == (
+        as_json(whole)
+    )

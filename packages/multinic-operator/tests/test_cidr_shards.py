@@ -89,8 +89,12 @@ def test_a_large_plan_is_kept_in_shards_and_a_join_rewrites_one(
                 assert cidr["metadata"]["labels"]["netname"] == "demo"
         # Together they are the plan an unsharded operator would write.
         assert _merged(cluster) == _from_scratch(cluster)
+        # The status is written after the pools.
+        cluster.wait(
+            lambda: (cluster.status().get("discovery") or {}).get("cidrProcessed") == 5,
+            "5 hosts planned in the status",
+        )
         status = cluster.status()
-        assert status["discovery"]["cidrProcessed"] == 5
         assert [r["numOfHosts"] for r in status["computeResults"]] == [5, 5]
 
         before = _versions(cluster)
@@ -198,17 +202,21 @@ def test_a_shard_name_held_by_another_object_fails_clearly_and_stays_untouched(
         assert _merged(cluster) == _from_scratch(cluster)
 
 
+def _join_out_of_order(cluster: Any) -> None:
+    """The network and 5 hosts joining one at a time, in an order other than their
+    names': indexes follow the joins, so a replan without a shard would move hosts."""
+    cluster.create(network_body())
+    for count, host in enumerate(("node9", "node5", "node7", "node1", "node3"), 1):
+        cluster.add_host(host)
+        cluster.wait(lambda n=count: len(cluster.pools()) == 2 * n, f"{host} planned")
+    assert "demo.shard-1" in cluster.cidr_shards()
+
+
 def test_a_deleted_shard_is_written_again_and_no_host_moves(
     cluster: Any, operator_runner: Any
 ) -> None:
-    # Joins one at a time, in an order other than their names': the indexes
-    # follow the joins, so a replan from the remaining shards would move hosts.
     with operator_runner(shard_entries=ENTRIES):
-        cluster.create(network_body())
-        for count, host in enumerate(("node9", "node5", "node7", "node1", "node3"), 1):
-            cluster.add_host(host)
-            cluster.wait(lambda n=count: len(cluster.pools()) == 2 * n, f"{host} planned")
-        assert "demo.shard-1" in cluster.cidr_shards()
+        _join_out_of_order(cluster)
         blocks = cluster.pod_cidrs()
         pools = {n: p["spec"]["podCIDR"] for n, p in cluster.pools().items()}
 
@@ -217,3 +225,24 @@ def test_a_deleted_shard_is_written_again_and_no_host_moves(
         cluster.wait(lambda: cluster.pod_cidrs() == blocks, "every host keeps its blocks")
         assert {n: p["spec"]["podCIDR"] for n, p in cluster.pools().items()} == pools
         cluster.wait(lambda: cluster.status()["configStatus"] == "Success", "Success")
+
+
+def test_a_shard_deleted_while_no_operator_runs_is_rebuilt_from_the_pools(
+    cluster: Any, operator_runner: Any
+) -> None:
+    with operator_runner(shard_entries=ENTRIES):
+        _join_out_of_order(cluster)
+        blocks = cluster.pod_cidrs()
+        pools = {n: p["metadata"]["resourceVersion"] for n, p in cluster.pools().items()}
+    lost = cluster.cidr_shards()["demo.shard-1"]
+    assert _hosts_of(lost)
+    cluster.api.delete(API, "CIDR", "demo.shard-1")
+
+    with operator_runner(shard_entries=ENTRIES):
+        cluster.wait(lambda: "demo.shard-1" in cluster.cidr_shards(), "shard 1 written again")
+        rebuilt = cluster.cidr_shards()["demo.shard-1"]
+        assert rebuilt["spec"]["cidr"] == lost["spec"]["cidr"]
+        cluster.wait(lambda: cluster.status()["configStatus"] == "Success", "Success")
+        assert cluster.pod_cidrs() == blocks
+        # No pool was touched: no block moved, nothing retired.
+        assert {n: p["metadata"]["resourceVersion"] for n, p in cluster.pools().items()} == pools

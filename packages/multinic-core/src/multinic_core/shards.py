@@ -23,13 +23,14 @@ the sum of their generations (:func:`plan_generation`) only grows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
+import netaddr
 from pydantic import BaseModel
 
 from multinic_core.errors import ConfigError
-from multinic_core.models import GROUP, CIDRSpec
+from multinic_core.models import GROUP, CIDRSpec, HostInterfaceInfo
 
 SHARD_ENTRIES = 4096
 """Host blocks (hosts x interface entries) per shard: ~0.7 MB of JSON at most."""
@@ -167,6 +168,79 @@ def merge_plan(
             for entry, hosts in zip(base.cidr, merged, strict=True)
         ],
     )
+
+
+def restore_lost(
+    spec: CIDRSpec,
+    present: Iterable[int],
+    blocks: Iterable[tuple[str, str, str, str, str]],
+    host_ip: Callable[[str, str], str | None],
+    budget: int = SHARD_ENTRIES,
+) -> tuple[CIDRSpec, int]:
+    """``spec`` (a plan merged from the shards found) with the hosts of the shards
+    that are missing put back from the blocks their IPPools hold.
+
+    A shard deleted while no operator ran would otherwise leave its hosts out
+    of the previous plan: planned again, they would move to other blocks.
+    ``present``: the shard indexes found.  ``blocks``: (name, vlanCIDR,
+    podCIDR, host, interface) of each live (not retired) pool; ``host_ip(host,
+    interface)``: that NIC's address now (None: the host or NIC is gone, its
+    block is not put back).  A block goes
+    back only into the entry of its vlanCIDR, at the host index its place in
+    that vlanCIDR gives, when that index falls in a missing shard and is not
+    taken there.  Returns the plan and how many blocks were put back.
+    """
+    found = set(present)
+    size = hosts_per_shard(len(spec.cidr), budget)
+    positions: dict[netaddr.IPNetwork, int] = {}
+    for position, entry in enumerate(spec.cidr):
+        try:
+            positions[netaddr.IPNetwork(entry.vlan_cidr).cidr] = position
+        except (netaddr.AddrFormatError, ValueError, TypeError):
+            continue
+    added: list[list[HostInterfaceInfo]] = [[] for _ in spec.cidr]
+    taken = [{h.host_index for h in e.hosts} for e in spec.cidr]
+    known = {(h.host_name, h.interface_name) for e in spec.cidr for h in e.hosts}
+    for pool, vlan_cidr, pod_cidr, host, interface in blocks:
+        if (host, interface) in known:
+            continue  # in a shard found (most are: nothing to parse)
+        address = host_ip(host, interface)
+        if not address:
+            continue
+        try:
+            vlan, pod = netaddr.IPNetwork(vlan_cidr).cidr, netaddr.IPNetwork(pod_cidr)
+        except (netaddr.AddrFormatError, ValueError, TypeError):
+            continue
+        at = positions.get(vlan)
+        if at is None or pod.version != vlan.version or pod not in vlan or pod.ip != pod.network:
+            continue
+        index = (pod.first - vlan.first) // pod.size
+        if index // size in found or index in taken[at]:
+            continue
+        taken[at].add(index)
+        known.add((host, interface))
+        added[at].append(
+            HostInterfaceInfo(
+                host_index=index,
+                host_name=host,
+                interface_name=interface,
+                host_ip=address,
+                pod_cidr=str(pod),
+                ippool=pool,
+            )
+        )
+    count = sum(len(hosts) for hosts in added)
+    if not count:
+        return spec, 0
+    return _with(
+        spec,
+        cidr=[
+            _with(entry, hosts=sorted([*entry.hosts, *more], key=lambda h: h.host_index))
+            if more
+            else entry
+            for entry, more in zip(spec.cidr, added, strict=True)
+        ],
+    ), count
 
 
 def same_models(a: CIDRSpec, b: CIDRSpec) -> bool:

@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Self, TypeVar
@@ -61,6 +61,7 @@ from multinic_core.shards import (
     ShardMismatch,
     merge_plan,
     plan_generation,
+    restore_lost,
     same_models,
     shard_labels,
     shard_name,
@@ -510,13 +511,19 @@ class NetworkReconciler:
             else:
                 planner.sync(snapshot.hosts)
             return planner
-        return IncrementalPlanner(config, snapshot.hosts, self._previous_plan(network.name, shards))
+        return IncrementalPlanner(
+            config, snapshot.hosts, self._previous_plan(network.name, shards, snapshot)
+        )
 
-    def _previous_plan(self, network: str, shards: Mapping[int, dict[str, Any]]) -> CIDRSpec | None:
+    def _previous_plan(
+        self, network: str, shards: Mapping[int, dict[str, Any]], snapshot: HostSnapshot
+    ) -> CIDRSpec | None:
         """The plan the CIDR shards hold, read whole from the API (the caches hold metadata).
 
         Shards that disagree (a rewrite cut short) give the plan of the CIDR
-        itself (shard 0), or of the first readable shard.
+        itself (shard 0), or of the first readable shard.  The hosts of a
+        shard that is missing (deleted by hand) are put back from their
+        IPPools, so that they keep their blocks.
         """
         specs: list[CIDRSpec] = []
         for index in sorted(shards):
@@ -532,10 +539,25 @@ class NetworkReconciler:
         if not specs:
             return None
         try:
-            return merge_plan(network, specs)
+            previous = merge_plan(network, specs)
         except ShardMismatch as e:
             log.warning("network %s: %s; planning from the first shard", network, e)
             return specs[0]
+        previous, restored = restore_lost(
+            previous,
+            shards,
+            _pool_blocks(self.view.pools_of(network)),
+            _host_ip(snapshot),
+            self.shard_entries,
+        )
+        if restored:
+            log.warning(
+                "network %s: %d host block(s) of missing CIDR shards taken back from their "
+                "IPPools (the shards are written again)",
+                network,
+                restored,
+            )
+        return previous
 
     def _apply_cidr(
         self,
@@ -1088,6 +1110,36 @@ class _Written:
     """Its status problems (shard 0's)."""
     part: CIDRSpec
     """The plan's part it holds (``same_models`` tells an unchanged one)."""
+
+
+def _pool_blocks(
+    pools: Mapping[str, Mapping[str, Any]],
+) -> Iterator[tuple[str, str, str, str, str]]:
+    """(name, vlanCIDR, podCIDR, host, interface) of each live (not retired) pool."""
+    for name, pool in pools.items():
+        if POOL_RETIRED_LABEL in ((pool.get("metadata") or {}).get("labels") or {}):
+            continue
+        spec = pool.get("spec") or {}
+        yield (
+            name,
+            str(spec.get("vlanCIDR") or ""),
+            str(spec.get("podCIDR") or ""),
+            str(spec.get("hostName") or ""),
+            str(spec.get("interfaceName") or ""),
+        )
+
+
+def _host_ip(snapshot: HostSnapshot) -> Callable[[str, str], str | None]:
+    """The address of a host's NIC now (None: no such host or NIC)."""
+
+    def find(host: str, interface: str) -> str | None:
+        found = snapshot.by_name.get(host)
+        for nic in found.spec.interfaces if found is not None else ():
+            if nic.interface_name == interface:
+                return nic.host_ip or None
+        return None
+
+    return find
 
 
 def _shard_versions(shards: Mapping[int, Mapping[str, Any]]) -> dict[int, str]:
