@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from multinic_core.models import CIDRSpec, HostInterface, MultiNicNetwork, load_resource
-from multinic_core.planner import PlanResult, plan_cidrs, pool_excludes
+from multinic_core.planner import PlanResult, PoolExcludes, plan_cidrs, pool_excludes
 
 HOST_NETS = ["172.16.1.0/24", "172.16.2.0/24", "172.16.3.0/24"]
 NAMES = [f"node-{i:02d}" for i in range(12)]
@@ -192,3 +192,15 @@ def test_one_host_leaving_or_joining_moves_no_other_host(case: Case, leaving: st
     rejoined_blocks = placed(rejoined.spec)
     for key, block in after_blocks.items():
         assert rejoined_blocks[key] == block, f"{key} moved when {leaving} joined"
+
+
+@BOUNDED
+@given(cases())
+def test_pool_excludes_asked_one_pool_at_a_time_are_those_of_the_whole_plan(case: Case) -> None:
+    spec = plan_cidrs(case.network, case.host_objects()).spec
+    whole = pool_excludes(spec)
+    lazy = PoolExcludes(spec)
+    assert sorted(lazy) == sorted(whole)
+    assert len(lazy) == len(whole)
+    for pod_cidr in reversed(list(whole)):
+        assert lazy[pod_cidr] == whole[pod_cidr]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -843,6 +843,52 @@ def pool_excludes(
         pod_cidr: [str(net) for net in sorted(set(nets), key=_network_key)] if nets else []
         for pod_cidr, nets in result.items()
     }
+
+
+class PoolExcludes(Mapping[str, list[str]]):
+    """``pool_excludes(spec)`` worked out for one podCIDR when it is asked for.
+
+    The operator asks for the excludes of the pools it builds a body of (a
+    join: that host's), not of all 80,000: parsing every podCIDR of the plan
+    on every reconcile was most of a join's pool bookkeeping.  Same values as
+    ``pool_excludes``; iterates the plan's podCIDRs.  In no-subnet mode (every
+    host address inside a pool is excluded too) it is computed whole, once.
+    """
+
+    def __init__(self, spec: CIDRSpec) -> None:
+        self._spec = spec
+        values = spec.config.exclude_cidrs
+        self._narrow = [_parse_config_cidr(value, "excludeCIDRs entry") for value in values]
+        self._eager = not spec.config.subnet
+        self._whole: dict[str, list[str]] | None = None
+        self._memo: dict[str, list[str]] = {}
+
+    def __getitem__(self, pod_cidr: str) -> list[str]:
+        if self._eager:
+            if self._whole is None:
+                self._whole = pool_excludes(self._spec)
+            return self._whole[pod_cidr]
+        found = self._memo.get(pod_cidr)
+        if found is not None:
+            return found
+        version, prefixlen, first = _block_start(pod_cidr)
+        mask = ((1 << prefixlen) - 1) << (_width(version) - prefixlen)
+        nets = {
+            exclude
+            for exclude in self._narrow
+            if exclude.version == version
+            and exclude.prefixlen > prefixlen
+            and exclude.first & mask == first
+        }
+        found = [str(net) for net in sorted(nets, key=_network_key)] if nets else []
+        self._memo[pod_cidr] = found
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return (host.pod_cidr for entry in self._spec.cidr for host in entry.hosts)
+
+    def __len__(self) -> int:
+        return sum(len(entry.hosts) for entry in self._spec.cidr)
 
 
 def planned_ippools(spec: CIDRSpec) -> list[IPPool]:

@@ -48,11 +48,11 @@ from multinic_core.models import (
 from multinic_core.nad import NAD_API_VERSION, NAD_KIND, nad_object
 from multinic_core.planner import (
     PlanResult,
+    PoolExcludes,
     cidr_object,
     cidr_processed,
     compute_results,
     plugin_config,
-    pool_excludes,
     stranded_allocations,
 )
 from multinic_core.plugins import MainPlugin, PluginRegistry
@@ -764,7 +764,7 @@ class NetworkReconciler:
         desired = DesiredPools(
             network_name,
             plan.spec if plan is not None else None,
-            pool_excludes(plan.spec) if plan is not None else {},
+            PoolExcludes(plan.spec) if plan is not None else {},
         )
         planned: set[str] = set()
         if plan is not None:
