@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from typing import Any
 
+from multinic_operator.batching import ReconcileBatcher
+from multinic_operator.health import OperatorHealth
 from multinic_operator.kube import KubeApi, load_client_configuration
 from multinic_operator.leader import LeaderElection
+from multinic_operator.metrics import OperatorMetrics
 
 
 class Clock:
@@ -77,3 +82,35 @@ def test_keep_reports_a_lost_lease(cluster: Any) -> None:
     finally:
         stop.set()
         thread.join(5)
+
+
+def test_a_replica_that_won_the_lease_does_not_say_it_is_a_standby(cluster: Any) -> None:
+    """Between winning the Lease and acting, /readyz must not answer "ok: standby"."""
+    clock = Clock()
+    first, second = _election(cluster, "a", clock), _election(cluster, "b", clock)
+    health = OperatorHealth(ReconcileBatcher(lambda names: None), OperatorMetrics())
+    health.waiting_for_lease(first)
+    assert first.acquire(threading.Event())  # won; the caller has not called health.acts() yet
+    problems = asyncio.run(health.readiness())
+    assert problems == ["this replica won the Lease and is starting to act"]
+    health.acts()
+    assert health.ready_text().startswith("ok: acting")
+    stop = threading.Event()
+
+    # A replica that loses its rounds is the standby it says it is.
+    standby = OperatorHealth(ReconcileBatcher(lambda names: None), OperatorMetrics())
+    standby.waiting_for_lease(second)
+    second.retry_seconds = 0.05
+    waiting = threading.Event()
+    thread = threading.Thread(target=lambda: waiting.set() if not second.acquire(stop) else None)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while second.round_error is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert asyncio.run(standby.readiness()) == []
+        assert standby.ready_text().startswith("ok: standby")
+    finally:
+        stop.set()
+        thread.join(5)
+    assert waiting.is_set()  # it gave up waiting when told to, never leading

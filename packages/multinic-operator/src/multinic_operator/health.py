@@ -63,6 +63,8 @@ class OperatorHealth:
         if not self.acting:
             if self.election is None:
                 return ["starting"]
+            if self.election.won:
+                return ["this replica won the Lease and is starting to act"]
             error = self.election.round_error
             if error is None:
                 return ["the first leader election round has not answered yet"]

@@ -61,6 +61,8 @@ class LeaderElection:
         self._renewed_at: float | None = None
         self.round_error: str | None = None
         """While waiting: "" when the last round reached the API, else why not (None: no round yet)."""
+        self.won = False
+        """Set once a round won the Lease (before the replica starts to act)."""
 
     # ------------------------------------------------------------------ one round
 
@@ -131,8 +133,8 @@ class LeaderElection:
         while not stop.is_set():
             try:
                 acquired = self.try_acquire_or_renew()
-                self.round_error = ""
                 if acquired:
+                    self.won = True  # first: from here on this replica is no standby
                     log.info(
                         "this replica (%s) leads: Lease %s/%s",
                         self.identity,
@@ -140,6 +142,7 @@ class LeaderElection:
                         self.name,
                     )
                     return True
+                self.round_error = ""
             except KubeApiError as e:
                 self.round_error = str(e)
                 log.warning("leader election: %s", e)
