@@ -183,12 +183,12 @@ def restore_lost(
     A shard deleted while no operator ran would otherwise leave its hosts out
     of the previous plan: planned again, they would move to other blocks.
     ``present``: the shard indexes found.  ``blocks``: (name, vlanCIDR,
-    podCIDR, host, interface) of each live (not retired) pool; ``host_ip(host,
-    interface)``: that NIC's address now (None: the host or NIC is gone, its
-    block is not put back).  A block goes
-    back only into the entry of its vlanCIDR, at the host index its place in
-    that vlanCIDR gives, when that index falls in a missing shard and is not
-    taken there.  Returns the plan and how many blocks were put back.
+    podCIDR, host, interface) of each live (not retired) pool.
+    ``host_ip(host, interface)``: that NIC's address now (None: the host or
+    NIC is gone, its block is not put back).  A block goes back only into the
+    entry of its vlanCIDR, at the host index its place in that vlanCIDR
+    gives, when that index falls in a missing shard and is not taken there.
+    Returns the plan and how many blocks were put back.
     """
     found = set(present)
     size = hosts_per_shard(len(spec.cidr), budget)

@@ -259,6 +259,28 @@ def pools_holding(pools: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return [p for p in pools.values() if (p.get("spec") or {}).get("allocations")]
 
 
+def pool_blocks(pools: Mapping[str, dict[str, Any]]) -> Iterator[tuple[str, str, str, str, str]]:
+    """(name, vlanCIDR, podCIDR, host, interface) of each live (not retired) pool,
+    read from the cached records without building the pools' dicts."""
+    if isinstance(pools, PoolBodies):
+        for p in pools.records():
+            if p.label(POOL_RETIRED_LABEL) is None:
+                pod, vlan, _, host, interface = ("" if v == _ABSENT else str(v) for v in p.spec[:5])
+                yield p.name, vlan, pod, host, interface
+        return
+    for name, pool in pools.items():
+        if POOL_RETIRED_LABEL in ((pool.get("metadata") or {}).get("labels") or {}):
+            continue
+        spec = pool.get("spec") or {}
+        yield (
+            name,
+            str(spec.get("vlanCIDR") or ""),
+            str(spec.get("podCIDR") or ""),
+            str(spec.get("hostName") or ""),
+            str(spec.get("interfaceName") or ""),
+        )
+
+
 def pool_network(pool: CachedPool) -> str | None:
     return pool.label(POOL_NETWORK_LABEL)
 

@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Self, TypeVar
@@ -69,7 +69,13 @@ from multinic_core.shards import (
     shard_owner,
     split_plan,
 )
-from multinic_operator.cache import ClusterView, LiveView, PoolBodies, pools_holding
+from multinic_operator.cache import (
+    ClusterView,
+    LiveView,
+    PoolBodies,
+    pool_blocks,
+    pools_holding,
+)
 from multinic_operator.desired import (
     DEPENDENT_KINDS_ANNOTATION,
     DEPENDENT_LABEL,
@@ -549,7 +555,7 @@ class NetworkReconciler:
         previous, restored = restore_lost(
             previous,
             shards,
-            _pool_blocks(self.view.pools_of(network)),
+            pool_blocks(self.view.pools_of(network)),
             _host_ip(snapshot),
             self.shard_entries,
         )
@@ -1119,23 +1125,6 @@ class _Written:
     """Its status problems (shard 0's)."""
     part: CIDRSpec
     """The plan's part it holds (``same_models`` tells an unchanged one)."""
-
-
-def _pool_blocks(
-    pools: Mapping[str, Mapping[str, Any]],
-) -> Iterator[tuple[str, str, str, str, str]]:
-    """(name, vlanCIDR, podCIDR, host, interface) of each live (not retired) pool."""
-    for name, pool in pools.items():
-        if POOL_RETIRED_LABEL in ((pool.get("metadata") or {}).get("labels") or {}):
-            continue
-        spec = pool.get("spec") or {}
-        yield (
-            name,
-            str(spec.get("vlanCIDR") or ""),
-            str(spec.get("podCIDR") or ""),
-            str(spec.get("hostName") or ""),
-            str(spec.get("interfaceName") or ""),
-        )
 
 
 def _host_ip(snapshot: HostSnapshot) -> Callable[[str, str], str | None]:
