@@ -828,12 +828,10 @@ def pool_excludes(
             version, prefixlen, first = _block_start(pod_cidr)
             groups.setdefault((version, prefixlen), {})[first] = pod_cidr
     for (version, prefixlen), starts in groups.items():
-        mask = ((1 << prefixlen) - 1) << (_width(version) - prefixlen)
-        for exclude in excludes:
-            if exclude.version == version and exclude.prefixlen > prefixlen:
-                holder = starts.get(exclude.first & mask)
-                if holder is not None:
-                    result[holder].append(exclude)
+        for start, nets in _narrow_excludes(excludes, version, prefixlen).items():
+            holder = starts.get(start)
+            if holder is not None:
+                result[holder].extend(nets)
     if not spec.config.subnet:
         for entry in spec.cidr:
             for pod_cidr, address in _host_addresses_in_pools(entry):
@@ -843,6 +841,19 @@ def pool_excludes(
         pod_cidr: [str(net) for net in sorted(set(nets), key=_network_key)] if nets else []
         for pod_cidr, nets in result.items()
     }
+
+
+def _narrow_excludes(
+    excludes: Iterable[netaddr.IPNetwork], version: int, prefixlen: int
+) -> dict[int, list[netaddr.IPNetwork]]:
+    """The excludes narrower than a pod block of ``prefixlen``, by the start of
+    the block that contains each: the pool of that block carries them."""
+    mask = ((1 << prefixlen) - 1) << (_width(version) - prefixlen)
+    found: dict[int, list[netaddr.IPNetwork]] = {}
+    for exclude in excludes:
+        if exclude.version == version and exclude.prefixlen > prefixlen:
+            found.setdefault(exclude.first & mask, []).append(exclude)
+    return found
 
 
 class PoolExcludes(Mapping[str, list[str]]):
@@ -861,28 +872,20 @@ class PoolExcludes(Mapping[str, list[str]]):
         self._narrow = [_parse_config_cidr(value, "excludeCIDRs entry") for value in values]
         self._eager = not spec.config.subnet
         self._whole: dict[str, list[str]] | None = None
-        self._memo: dict[str, list[str]] = {}
+        self._by_block: dict[tuple[int, int], dict[int, list[netaddr.IPNetwork]]] = {}
 
     def __getitem__(self, pod_cidr: str) -> list[str]:
         if self._eager:
             if self._whole is None:
                 self._whole = pool_excludes(self._spec)
             return self._whole[pod_cidr]
-        found = self._memo.get(pod_cidr)
-        if found is not None:
-            return found
         version, prefixlen, first = _block_start(pod_cidr)
-        mask = ((1 << prefixlen) - 1) << (_width(version) - prefixlen)
-        nets = {
-            exclude
-            for exclude in self._narrow
-            if exclude.version == version
-            and exclude.prefixlen > prefixlen
-            and exclude.first & mask == first
-        }
-        found = [str(net) for net in sorted(nets, key=_network_key)] if nets else []
-        self._memo[pod_cidr] = found
-        return found
+        by_block = self._by_block.get((version, prefixlen))
+        if by_block is None:
+            by_block = _narrow_excludes(self._narrow, version, prefixlen)
+            self._by_block[version, prefixlen] = by_block
+        nets = by_block.get(first)
+        return [str(net) for net in sorted(set(nets), key=_network_key)] if nets else []
 
     def __iter__(self) -> Iterator[str]:
         return (host.pod_cidr for entry in self._spec.cidr for host in entry.hosts)
