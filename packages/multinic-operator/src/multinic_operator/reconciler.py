@@ -109,6 +109,7 @@ STRANDED = "AllocationsStranded"
 """The condition, and the reason of the Warning Event while it is True."""
 CONFLICT_RETRIES = 3
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -793,6 +794,15 @@ class NetworkReconciler:
         # same plan, is still equal: only the others are compared (a join
         # compares its own pools, not the 80,000 others).
         checked = self._pools_checked.setdefault(network_name, {})
+        spent = 0.0  # in API calls ("pool_writes"), the rest is bookkeeping
+
+        def writing(action: Callable[..., R], *args: Any) -> R:
+            nonlocal spent
+            started = time.perf_counter()
+            try:
+                return action(*args)
+            finally:
+                spent += time.perf_counter() - started
 
         def create(name: str) -> None:
             version = self._create_pool(desired[name])
@@ -800,9 +810,7 @@ class NetworkReconciler:
             if block is not None and version:
                 checked[name] = (version, block)
 
-        writing = time.perf_counter()
-        self._parallel(create, creates)
-        writes = time.perf_counter() - writing
+        writing(self._parallel, create, creates)
         for name in desired:
             if name not in existing:
                 continue
@@ -811,18 +819,15 @@ class NetworkReconciler:
             seen = checked.get(name)
             if seen is not None and block is not None and seen[0] == version and seen[1] is block:
                 continue
-            writing = time.perf_counter()
-            stored = self._update_pool(existing[name], desired[name])
-            writes += time.perf_counter() - writing
+            stored = writing(self._update_pool, existing[name], desired[name])
             if block is not None:
                 checked[name] = (stored or version, block)
         for name in [n for n in checked if n not in desired]:
             del checked[name]
-        writing = time.perf_counter()
         for name, value in retired.retire.items():
-            self._retire_pool(existing[name], value, retired)
-        self._parallel(lambda n: self._delete(API_VERSION, "IPPool", n), retired.delete)
-        self._seconds["pool_writes"] = writes + time.perf_counter() - writing
+            writing(self._retire_pool, existing[name], value, retired)
+        writing(self._parallel, lambda n: self._delete(API_VERSION, "IPPool", n), retired.delete)
+        self._seconds["pool_writes"] = spent
         if creates or retired.delete or retired.retire:
             log.info(
                 "network %s: %d IPPool(s) created, %d deleted, %d kept retired "
