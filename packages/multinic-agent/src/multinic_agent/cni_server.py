@@ -5,8 +5,9 @@ format in :mod:`multinic_agent.wire`); :meth:`CniServer.handle` answers it,
 VERSION included: the shim parses nothing, every check of the environment
 and the config is here.
 ADD selects NICs (attach policy plugin), gets addresses (IPAM plugin), builds
-one delegate config per NIC (main plugin), execs the delegates in parallel,
-programs multipath routes, records the attachment durably and returns the
+one delegate config per NIC (main plugin), execs the delegates (in parallel
+when the agent chose the addresses; one at a time, in NIC order, when each
+delegate runs an allocating IPAM such as whereabouts), programs multipath routes, records the attachment durably and returns the
 merged result.  Any failure undoes every step already done.  DEL, CHECK and
 GC work from the attachment record, never from a new selection.
 
@@ -121,6 +122,20 @@ EVENT_POOL_EXHAUSTED = "PoolExhausted"
 # Built-in attach policies that never look at the pod's devices: with them
 # and no network resource, ADD does not ask the kubelet.
 _DEVICE_BLIND_POLICIES = frozenset({"none", "devClass", "costOpt", "perfOpt"})
+
+
+def _allocates_in_delegate(delegate: DelegateRecord) -> bool:
+    """Whether the delegate runs an IPAM plugin that allocates (host-local, whereabouts, dhcp).
+
+    Such plugins are written for Multus, which runs a pod's attachments one at
+    a time, and some are not safe otherwise: whereabouts (v0.9.2) keeps a
+    "reserved by this pod already" flag across its retries, so two interfaces
+    of one pod allocating from one range at once can leave one address without
+    its cluster-wide OverlappingRangeIPReservation.  Addresses the agent chose
+    reach the delegate as ``static`` and need no ordering.
+    """
+    ipam = delegate.config.get("ipam")
+    return isinstance(ipam, Mapping) and ipam.get("type") not in (None, "static")
 
 
 @dataclass(frozen=True)
@@ -976,10 +991,7 @@ class CniServer:
                 # Registered before the exec: a delegate that failed half-way
                 # gets its DEL too (DEL is idempotent), as a runtime would do.
                 undo.push_async_callback(self._delegate_cleanup, request, delegate)
-            outcomes = await asyncio.gather(
-                *(self._exec("ADD", request, d, request.netns) for d in delegates),
-                return_exceptions=True,
-            )
+            outcomes = await self._exec_delegates("ADD", request, delegates, request.netns)
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     raise outcome
@@ -1145,6 +1157,31 @@ class CniServer:
             ) from e
         return process.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
 
+    async def _exec_delegates(
+        self, command: str, request: CniRequest, delegates: Sequence[DelegateRecord], netns: str
+    ) -> list[dict[str, Any] | BaseException]:
+        """Every delegate's verb: its result or its error, in NIC order.
+
+        At once when the agent chose every address; one after another when a
+        delegate runs an allocating IPAM plugin itself (see
+        :func:`_allocates_in_delegate`).  Then an ADD stops at the first
+        failure, as Multus does; a DEL runs every delegate (each releases its own).
+        """
+        if not any(_allocates_in_delegate(d) for d in delegates):
+            return await asyncio.gather(
+                *(self._exec(command, request, d, netns) for d in delegates),
+                return_exceptions=True,
+            )
+        outcomes: list[dict[str, Any] | BaseException] = []
+        for delegate in delegates:
+            try:
+                outcomes.append(await self._exec(command, request, delegate, netns))
+            except Exception as e:
+                outcomes.append(e)
+                if command == "ADD":
+                    break
+        return outcomes
+
     async def _exec(
         self,
         command: str,
@@ -1243,9 +1280,7 @@ class CniServer:
             container_id=record.container_id,
             ifname=record.ifname,
         )
-        outcomes = await asyncio.gather(
-            *(self._exec("DEL", base, d, netns) for d in record.delegates), return_exceptions=True
-        )
+        outcomes = await self._exec_delegates("DEL", base, record.delegates, netns)
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         if failures:
             # Keep the record: the runtime retries DEL until it succeeds.
