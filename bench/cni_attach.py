@@ -10,9 +10,10 @@ static IPAM (what a runtime would pay for N plain macvlan attachments).
 (``--storm-pods`` 200, ``--storm-concurrency`` 16 by default) through
 multi-nic; duplicates, leaked addresses and links left in pods after its
 DELs must be 0.  ``--floor`` also runs the storm's delegate work alone (the
-in-process ADDs back to back in one thread, no agent): the kernel's part,
-the floor under any agent.  ``--profile FILE`` samples the agent with py-spy
-during the storm's ADDs.
+in-process ADDs back to back, no agent; in one thread, then in a thread per
+core): the kernel's part, the floor under any agent.  ``--profile FILE``
+samples the agent with py-spy during the storm's ADDs (``--profile-gil``:
+only the thread holding the GIL).
 
 Needs root.  ``--quick`` runs in well under a minute.  Writes
 ``bench/results/cni_attach.json`` (``--output`` elsewhere).
@@ -51,7 +52,7 @@ the ADDs waiting together).
 
     .venv/bin/python bench/cni_attach.py [--quick] [--shim compiled|python] [--nics N]
         [--storm-pods P] [--storm-concurrency C] [--exec-delegates] [--floor]
-        [--profile FILE] [--output FILE]
+        [--profile FILE [--profile-gil]] [--output FILE]
 """
 
 from __future__ import annotations
@@ -325,14 +326,15 @@ def own_cpu_seconds() -> float:
 class Profiler:
     """py-spy sampling the agent (every thread, CPU only) while a phase runs."""
 
-    def __init__(self, pid: int, output: Path) -> None:
+    def __init__(self, pid: int, output: Path, gil: bool = False) -> None:
         self.output = output
         spy = shutil.which("py-spy", path=str(VENV_BIN)) or shutil.which("py-spy")
         if spy is None:
             raise RuntimeError("--profile needs py-spy (pip install py-spy)")
         self.process = subprocess.Popen(
             [spy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
-             "--function", "--threads", "--nonblocking", "--output", str(output)],
+             "--function", "--threads", "--nonblocking", "--output", str(output),
+             *(["--gil"] if gil else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
         time.sleep(0.5)  # attached before the phase starts
@@ -368,7 +370,9 @@ def summarize_profile(path: Path, top: int = 25) -> dict[str, Any]:
     return {"samples": total, "inclusive_pct": share(inclusive), "self_pct": share(own)}
 
 
-def storm(bench: Bench, pods: int, concurrency: int, profile: Path | None = None) -> dict[str, Any]:
+def storm(
+    bench: Bench, pods: int, concurrency: int, profile: Path | None = None, gil: bool = False
+) -> dict[str, Any]:
     netns = {f"s{i}": bench.new_pod() for i in range(pods)}
 
     def add(container: str) -> list[str]:
@@ -376,7 +380,7 @@ def storm(bench: Bench, pods: int, concurrency: int, profile: Path | None = None
         return [ip["address"] for ip in result.get("ips", [])]
 
     assert bench.agent is not None
-    profiler = Profiler(bench.agent.pid, profile) if profile else None
+    profiler = Profiler(bench.agent.pid, profile, gil) if profile else None
     agent_before, client_before = cpu_seconds(bench.agent.pid), own_cpu_seconds()
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
@@ -417,12 +421,14 @@ def storm(bench: Bench, pods: int, concurrency: int, profile: Path | None = None
     return results
 
 
-def floor(bench: Bench, pods: int) -> dict[str, Any]:
-    """The storm's delegate work alone: the in-process macvlan ADDs back to back, one thread.
+def floor(bench: Bench, pods: int, threads: int = 1) -> dict[str, Any]:
+    """The storm's delegate work alone: the in-process macvlan ADDs back to back.
 
     The same pods, NICs, static addresses and kernel work as the storm (in this
     process, in the host namespace, no agent, no IPAM, no shim): what the
-    link set-up itself costs, the floor under any agent.
+    link set-up itself costs, the floor under any agent.  With ``threads`` > 1
+    that many threads take the pods (each pod's NICs in turn): the most the
+    kernel gives on this machine's cores, whatever runs it.
     """
     from multinic_macvlan.inprocess import MacvlanInProcess
 
@@ -447,19 +453,25 @@ def floor(bench: Bench, pods: int) -> dict[str, Any]:
         for index in range(pods)
         for position, nic in enumerate(n["interfaceName"] for n in host_nics(bench.nics))
     ]
-    before, start = os.times(), time.perf_counter()
-    for index, path in enumerate(netns):
+
+    def add(index: int) -> None:
         for position in range(bench.nics):
-            env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"f{index}", "CNI_NETNS": path,
-                   "CNI_IFNAME": f"net1-{position}", "CNI_PATH": CNI}  # fmt: skip
+            env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"f{index}",
+                   "CNI_NETNS": netns[index], "CNI_IFNAME": f"net1-{position}",
+                   "CNI_PATH": CNI}  # fmt: skip
             status, out, _ = plugin.run(env, configs[index * bench.nics + position])
             if status != 0:
                 raise RuntimeError(f"in-process ADD: {out}")
+
+    before, start = os.times(), time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(add, range(pods)))
     elapsed, after = time.perf_counter() - start, os.times()
     for path in netns:
         bench.drop_pod(path)
     return {
         "pods": pods,
+        "threads": threads,
         "pods_per_s": round(pods / elapsed, 1),
         "cpu_user_s": round(after.user - before.user, 2),
         "cpu_system_s": round(after.system - before.system, 2),
@@ -517,6 +529,12 @@ def main() -> int:
         "a summary in the results",
     )
     parser.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="with --profile: sample only the thread holding the GIL (where the agent's "
+        "Python time goes, without the threads waiting in the kernel)",
+    )
+    parser.add_argument(
         "--floor",
         action="store_true",
         help="also run the storm's delegate work alone (in-process ADDs back to back)",
@@ -557,10 +575,14 @@ def main() -> int:
         results["ratio_add_p50"] = round(results["add_p50_ms"] / results["baseline_add_p50_ms"], 2)
         results["ratio_del_p50"] = round(results["del_p50_ms"] / results["baseline_del_p50_ms"], 2)
         results["storm"] = storm(
-            bench, options.storm_pods, options.storm_concurrency, options.profile
-        )
+            bench, options.storm_pods, options.storm_concurrency, options.profile,
+            options.profile_gil,
+        )  # fmt: skip
         if options.floor:
             results["delegates_alone"] = floor(bench, options.storm_pods)
+            cores = os.cpu_count() or 1
+            if cores > 1:
+                results["delegates_alone_every_core"] = floor(bench, options.storm_pods, cores)
     finally:
         bench.teardown()
         shutil.rmtree(workdir, ignore_errors=True)
