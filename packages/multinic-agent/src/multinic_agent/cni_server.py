@@ -6,9 +6,9 @@ VERSION included: the shim parses nothing, every check of the environment
 and the config is here.
 ADD selects NICs (attach policy plugin), gets addresses (IPAM plugin), builds
 one delegate config per NIC (main plugin), execs the delegates (in parallel
-when the agent chose the addresses; one at a time, in NIC order, when each
-delegate runs an allocating IPAM such as whereabouts), programs multipath routes, records the attachment durably and returns the
-merged result.  Any failure undoes every step already done.  DEL, CHECK and
+when the agent chose the addresses; one at a time, in NIC order, when they
+run an allocating IPAM such as whereabouts), programs multipath routes,
+records the attachment durably and returns the merged result.  Any failure undoes every step already done.  DEL, CHECK and
 GC work from the attachment record, never from a new selection.
 
 Errors leave here as CNI error JSON with the spec's codes; nothing else

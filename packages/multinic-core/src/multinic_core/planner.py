@@ -836,11 +836,13 @@ def pool_excludes(
         for entry in spec.cidr:
             for pod_cidr, address in _host_addresses_in_pools(entry):
                 result[pod_cidr].append(address)
-    # Most pools exclude nothing: no sort (and no comprehension) for those.
-    return {
-        pod_cidr: [str(net) for net in sorted(set(nets), key=_network_key)] if nets else []
-        for pod_cidr, nets in result.items()
-    }
+    return {pod_cidr: _exclude_list(nets) for pod_cidr, nets in result.items()}
+
+
+def _exclude_list(nets: Iterable[netaddr.IPNetwork] | None) -> list[str]:
+    """A pool's ``excludes``: each network once, sorted by address."""
+    # Most pools exclude nothing: no sort for those.
+    return [str(net) for net in sorted(set(nets), key=_network_key)] if nets else []
 
 
 def _narrow_excludes(
@@ -884,8 +886,7 @@ class PoolExcludes(Mapping[str, list[str]]):
         if by_block is None:
             by_block = _narrow_excludes(self._narrow, version, prefixlen)
             self._by_block[version, prefixlen] = by_block
-        nets = by_block.get(first)
-        return [str(net) for net in sorted(set(nets), key=_network_key)] if nets else []
+        return _exclude_list(by_block.get(first))
 
     def __iter__(self) -> Iterator[str]:
         return (host.pod_cidr for entry in self._spec.cidr for host in entry.hosts)

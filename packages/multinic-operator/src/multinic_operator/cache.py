@@ -171,6 +171,7 @@ POOL_SPEC_FIELDS = (
 )
 _ABSENT = "\x00absent"
 """Where a pool's spec lacks one of ``POOL_SPEC_FIELDS``."""
+_SPEC_INDEX = {field: i for i, field in enumerate(POOL_SPEC_FIELDS)}
 
 
 class CachedPool(NamedTuple):
@@ -191,6 +192,11 @@ class CachedPool(NamedTuple):
     other_spec: tuple[tuple[str, Any], ...]
     status: Any
     """Only while the pool is retired (None otherwise)."""
+
+    def value(self, field: str) -> Any:
+        """The spec's ``field`` of ``POOL_SPEC_FIELDS`` (lists as tuples); None where absent."""
+        value = self.spec[_SPEC_INDEX[field]]
+        return None if value == _ABSENT else value
 
     def label(self, key: str) -> str | None:
         for i in range(0, len(self.labels), 2):
@@ -255,7 +261,7 @@ def pool_body(pool: CachedPool) -> dict[str, Any]:
 def pools_holding(pools: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """The pools that list allocations (as dicts), without building the others' dicts."""
     if isinstance(pools, PoolBodies):
-        return [pool_body(p) for p in pools.records() if p.spec[6] and p.spec[6] != _ABSENT]
+        return [pool_body(p) for p in pools.records() if p.value("allocations")]
     return [p for p in pools.values() if (p.get("spec") or {}).get("allocations")]
 
 
@@ -265,20 +271,18 @@ def pool_blocks(pools: Mapping[str, dict[str, Any]]) -> Iterator[tuple[str, str,
     if isinstance(pools, PoolBodies):
         for p in pools.records():
             if p.label(POOL_RETIRED_LABEL) is None:
-                pod, vlan, _, host, interface = ("" if v == _ABSENT else str(v) for v in p.spec[:5])
-                yield p.name, vlan, pod, host, interface
+                yield _block_of(p.name, p.value)
         return
     for name, pool in pools.items():
-        if POOL_RETIRED_LABEL in ((pool.get("metadata") or {}).get("labels") or {}):
-            continue
-        spec = pool.get("spec") or {}
-        yield (
-            name,
-            str(spec.get("vlanCIDR") or ""),
-            str(spec.get("podCIDR") or ""),
-            str(spec.get("hostName") or ""),
-            str(spec.get("interfaceName") or ""),
-        )
+        if POOL_RETIRED_LABEL not in ((pool.get("metadata") or {}).get("labels") or {}):
+            yield _block_of(name, (pool.get("spec") or {}).get)
+
+
+def _block_of(name: str, value: Callable[[str], Any]) -> tuple[str, str, str, str, str]:
+    def text(field: str) -> str:
+        return str(value(field) or "")
+
+    return name, text("vlanCIDR"), text("podCIDR"), text("hostName"), text("interfaceName")
 
 
 def pool_network(pool: CachedPool) -> str | None:

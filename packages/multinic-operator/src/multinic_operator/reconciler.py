@@ -451,9 +451,7 @@ class NetworkReconciler:
             agents = {h.spec.host_name or h.name for h in hosts if not h.unmanaged}
             retired = self._apply_pools(network.name, plan, cidr_generation, agents)
             # The bookkeeping; its API calls are "pool_writes".
-            self._seconds["pools"] = (
-                time.perf_counter() - pooling - self._seconds.get("pool_writes", 0.0)
-            )
+            self._seconds["pools"] = time.perf_counter() - pooling - self._seconds["pool_writes"]
             inputs.stranded = retired.stranded
             inputs.retiring = retired.waiting
             inputs.compute_results = compute_results(plan.spec)
